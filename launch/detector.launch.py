@@ -1,0 +1,92 @@
+"""Launch the labeldistill_ros camera 3D detector (and optionally RViz).
+
+    ros2 launch labeldistill_ros detector.launch.py checkpoint:=/path/student.pt
+    ros2 launch labeldistill_ros detector.launch.py checkpoint:=... use_sim_time:=true rviz:=true \
+        topic_remaps:='/CAM_FRONT/image:=/front/image_raw;/CAM_FRONT/camera_info:=/front/camera_info'
+
+dds_profile: 'vehicle' applies the shipped Fast DDS profile with a 128 MiB shared-memory segment (multi-MB
+images between processes on one computer, normal network discovery); 'local' keeps all traffic on this host
+(replay and tests); 'none' leaves the middleware as configured by the environment. The profile must also be
+applied to the camera drivers' processes for shared memory to be used end to end.
+"""
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+PACKAGE = "labeldistill_ros"
+DDS_PROFILES = {"vehicle": "fastdds_vehicle_shm.xml", "local": "fastdds_local.xml"}
+
+
+def _parse_remaps(text):
+    """'a:=b;c:=d' -> [('a', 'b'), ('c', 'd')]"""
+    pairs = []
+    for item in filter(None, (s.strip() for s in text.split(";"))):
+        src, sep, dst = item.partition(":=")
+        if not sep or not src or not dst:
+            raise RuntimeError(f"topic_remaps: '{item}' is not of the form FROM:=TO")
+        pairs.append((src, dst))
+    return pairs
+
+
+def _setup(context):
+    share = get_package_share_directory(PACKAGE)
+    cfg = LaunchConfiguration
+    actions = []
+    profile = cfg("dds_profile").perform(context)
+    if profile != "none":
+        path = os.path.join(share, "config", "dds", DDS_PROFILES[profile])
+        if os.environ.get("ROS_DISTRO") == "humble":  # Fast DDS 2.6 reads only the older name
+            actions.append(SetEnvironmentVariable("FASTRTPS_DEFAULT_PROFILES_FILE", path))
+        actions += [SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", path),
+                    SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", "SYSTEM_DEFAULT")]
+    overrides = {
+        "checkpoint": cfg("checkpoint").perform(context),
+        "device": cfg("device").perform(context),
+        "precision": cfg("precision").perform(context),
+        "use_sim_time": cfg("use_sim_time").perform(context).lower() == "true",
+    }
+    actions.append(Node(
+        package=PACKAGE,
+        executable="detector_node",
+        name="labeldistill_detector",
+        namespace=cfg("namespace").perform(context),
+        parameters=[cfg("config").perform(context), overrides],
+        remappings=_parse_remaps(cfg("topic_remaps").perform(context)),
+        output="screen",
+        emulate_tty=True,
+    ))
+    actions.append(Node(
+        package="rviz2", executable="rviz2", name="rviz2",
+        arguments=["-d", os.path.join(share, "config", "labeldistill.rviz")],
+        parameters=[{"use_sim_time": overrides["use_sim_time"]}],
+        condition=IfCondition(cfg("rviz")),
+    ))
+    return actions
+
+
+def generate_launch_description():
+    share = get_package_share_directory(PACKAGE)
+    return LaunchDescription([
+        DeclareLaunchArgument("config", default_value=os.path.join(share, "config", "detector.yaml"),
+                              description="Node parameter file"),
+        DeclareLaunchArgument("checkpoint", description="Student checkpoint (.pt) from labeldistill-train"),
+        DeclareLaunchArgument("device", default_value="auto", choices=["auto", "cuda", "cpu"],
+                              description="Inference device"),
+        DeclareLaunchArgument("precision", default_value="fp32", choices=["fp32", "fp16"],
+                              description="Inference precision (fp16 on cuda only)"),
+        DeclareLaunchArgument("use_sim_time", default_value="false", choices=["true", "false"],
+                              description="Use /clock (bag replay with ros2 bag play --clock)"),
+        DeclareLaunchArgument("rviz", default_value="false", choices=["true", "false"],
+                              description="Start RViz with the shipped configuration"),
+        DeclareLaunchArgument("namespace", default_value="", description="Namespace of the node"),
+        DeclareLaunchArgument("topic_remaps", default_value="",
+                              description="Camera topic remaps, 'FROM:=TO;FROM:=TO'"),
+        DeclareLaunchArgument("dds_profile", default_value="none", choices=["none", "vehicle", "local"],
+                              description="Fast DDS profile to apply (large shared memory for images)"),
+        OpaqueFunction(function=_setup),
+    ])

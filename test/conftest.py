@@ -1,0 +1,71 @@
+"""Test harness: every ROS process of the test run uses the project's loopback-only Fast DDS profile (nothing
+leaves this machine, 128 MiB shared memory for camera images) and a ROS_DOMAIN_ID of its own per pytest
+worker, so parallel workers and parallel runs do not see each other."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TEST_DIR = Path(__file__).resolve().parent
+REPO = TEST_DIR.parent
+SHARED = REPO.parent / "shared"
+sys.path.insert(0, str(TEST_DIR))
+
+from labeldistill_ros.dds import apply_dds_environment  # noqa: E402
+
+
+def _domain_id() -> int:
+    """1..101, distinct for concurrent workers (pid based; topics in tests are unique-named as well)."""
+    return 1 + os.getpid() % 101
+
+
+DOMAIN_ID = _domain_id()
+apply_dds_environment("local", DOMAIN_ID)
+
+
+@pytest.fixture
+def rclpy_context():
+    """An initialised rclpy context for one test, shut down afterwards."""
+    import rclpy
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    yield ctx
+    rclpy.try_shutdown(context=ctx)
+
+
+@pytest.fixture
+def spawn():
+    """Start helper processes with this test's ROS environment; they are stopped (TERM, then KILL) after."""
+    procs: list[subprocess.Popen] = []
+
+    def _spawn(args: list[str], **kw) -> subprocess.Popen:
+        p = subprocess.Popen([sys.executable, *map(str, args)], env=dict(os.environ), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, **kw)
+        procs.append(p)
+        return p
+
+    yield _spawn
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # a process blocked in publish() ignores SIGTERM
+            p.kill()
+            p.wait(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def real_sample_dir() -> Path:
+    """The one real nuScenes key frame in ../shared/real-nuscenes-sample (present beside every checkout)."""
+    d = SHARED / "real-nuscenes-sample"
+    if not (d / "sample.json").is_file():
+        pytest.skip(f"real nuScenes sample not found at {d} (expected ../shared beside the repository)")
+    return d
