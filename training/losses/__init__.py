@@ -1,0 +1,1 @@
+"""Losses: CenterPoint detection, BEVDepth depth, and the four distillation methods."""
