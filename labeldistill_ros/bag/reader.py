@@ -1,0 +1,447 @@
+"""Read the project's rosbag2 conventions (see :mod:`labeldistill_ros.bag`) with ``rosbags``: no ROS needed.
+
+Everything a bag holds comes back as numpy in the frames it was recorded in:
+
+* calibration: ``sensor -> base_link`` 4x4 transforms from ``/tf_static`` (metres);
+* ego poses: ``base_link -> map`` 4x4 at any stamp, interpolated between ``/tf`` samples (linear translation,
+  slerp rotation) - :class:`Trajectory`;
+* cameras: K (3x3, pixels) and image size from ``/CAM_X/camera_info``; images as JPEG bytes or decoded
+  ``(H, W, 3)`` uint8 RGB;
+* boxes: project layout ``(N, 9)`` ``x, y, z, l, w, h, yaw, vx, vy`` in the message's frame (``base_link``),
+  metres / radians / m/s.
+
+Stamps are integers in nanoseconds (header stamps = dataset time). A bag that cannot be read (missing or
+corrupted ``metadata.yaml``, truncated or corrupted storage file, undecodable message) raises
+:class:`BagError`, whose message names the file and the problem.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from ..geometry import make_transform, matrix_to_quat, pose_to_box, quat_to_matrix
+from .typestore import typestore
+
+GT_DETECTIONS = "/ground_truth/detections"
+GT_SAMPLE_TOKEN = "/ground_truth/sample_token"
+GT_VELOCITIES = "/ground_truth/velocities"
+GT_MARKERS = "/ground_truth/markers"
+TF = "/tf"
+TF_STATIC = "/tf_static"
+MAP_FRAME = "map"
+BASE_FRAME = "base_link"
+
+
+class BagError(RuntimeError):
+    """A bag that cannot be read as recorded; the message names the file and what is wrong."""
+
+
+def stamp_to_ns(stamp) -> int:
+    """``builtin_interfaces/Time`` (sec, nanosec) -> integer nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Decoded content
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class CameraInfo:
+    """Intrinsics of one camera: ``K`` (3, 3) pixels, image ``width``/``height`` pixels, optical ``frame_id``."""
+
+    K: np.ndarray
+    width: int
+    height: int
+    frame_id: str
+
+
+@dataclass
+class ImageMsg:
+    """One camera image as recorded: ``data`` is the JPEG/PNG bytes (``compressed``) or ``(H, W, 3)`` RGB uint8."""
+
+    camera: str
+    stamp_ns: int
+    frame_id: str
+    compressed: bool
+    data: Any
+    encoding: str = ""
+
+    def rgb(self) -> np.ndarray:
+        """The image as ``(H, W, 3)`` uint8 RGB (decoding compressed bytes with OpenCV, else Pillow)."""
+        if not self.compressed:
+            return self.data
+        return decode_compressed(bytes(self.data))
+
+
+@dataclass
+class BoxFrame:
+    """Boxes of one Detection3DArray: ``boxes (N, 9)`` in ``frame_id`` (velocity 0 unless known), ``names``
+    (class_id strings), ``scores (N,)``, ``ids`` (Detection3D.id: instance token for ground truth),
+    ``sample_token`` (ground truth only), ``receive_ns`` (bag receive time; for a recording of a live run the
+    wall clock at reception)."""
+
+    stamp_ns: int
+    frame_id: str
+    boxes: np.ndarray
+    names: list[str]
+    scores: np.ndarray
+    ids: list[str] = field(default_factory=list)
+    sample_token: str = ""
+    receive_ns: int = 0
+
+
+def decode_compressed(buf: bytes) -> np.ndarray:
+    """JPEG/PNG bytes -> ``(H, W, 3)`` uint8 RGB."""
+    try:
+        import cv2
+
+        bgr = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError("cv2.imdecode could not decode the buffer")
+        return np.ascontiguousarray(bgr[:, :, ::-1])
+    except ImportError:
+        import io
+
+        from PIL import Image
+
+        return np.asarray(Image.open(io.BytesIO(buf)).convert("RGB"))
+
+
+def image_from_msg(camera: str, msg, compressed: bool) -> ImageMsg:
+    """sensor_msgs/Image (rgb8/bgr8/mono8) or CompressedImage -> :class:`ImageMsg`."""
+    stamp = stamp_to_ns(msg.header.stamp)
+    if compressed:
+        return ImageMsg(camera, stamp, msg.header.frame_id, True, np.asarray(msg.data, np.uint8).tobytes(),
+                        msg.format)
+    enc = msg.encoding.lower()
+    chans = {"rgb8": 3, "bgr8": 3, "mono8": 1}.get(enc)
+    if chans is None:
+        raise ValueError(f"image encoding '{msg.encoding}' on {camera} is not supported (rgb8, bgr8, mono8)")
+    rows = np.asarray(msg.data, np.uint8).reshape(msg.height, msg.step)
+    img = rows[:, : msg.width * chans].reshape(msg.height, msg.width, chans)
+    if enc == "bgr8":
+        img = img[:, :, ::-1]
+    elif enc == "mono8":
+        img = np.repeat(img, 3, axis=2)
+    return ImageMsg(camera, stamp, msg.header.frame_id, False, np.ascontiguousarray(img), enc)
+
+
+def transform_msg_to_matrix(tf) -> np.ndarray:
+    """geometry_msgs/Transform -> 4x4 ``child -> parent`` matrix."""
+    q = tf.rotation
+    t = tf.translation
+    return make_transform(np.array([q.w, q.x, q.y, q.z]), [t.x, t.y, t.z])
+
+
+def detections_from_msg(msg, velocities: np.ndarray | None = None) -> BoxFrame:
+    """vision_msgs/Detection3DArray -> :class:`BoxFrame`. Class and score are taken from the best hypothesis;
+    ``velocities (N, 2)`` (m/s, same frame) fill the boxes' vx, vy when given."""
+    n = len(msg.detections)
+    boxes = np.zeros((n, 9))
+    names, scores, ids = [], np.zeros(n), []
+    for i, d in enumerate(msg.detections):
+        c = d.bbox.center
+        boxes[i] = pose_to_box([c.position.x, c.position.y, c.position.z],
+                               [c.orientation.x, c.orientation.y, c.orientation.z, c.orientation.w],
+                               [d.bbox.size.x, d.bbox.size.y, d.bbox.size.z])
+        if d.results:
+            best = max(d.results, key=lambda r: r.hypothesis.score)
+            names.append(best.hypothesis.class_id)
+            scores[i] = best.hypothesis.score
+        else:
+            names.append("")
+        ids.append(d.id)
+    if velocities is not None and len(velocities):
+        v = np.asarray(velocities, dtype=np.float64).reshape(-1, 2)
+        if len(v) != n:
+            raise ValueError(f"{len(v)} velocities for {n} boxes")
+        boxes[:, 7:9] = v
+    return BoxFrame(stamp_to_ns(msg.header.stamp), msg.header.frame_id, boxes, names, scores, ids)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Trajectory (map <- base_link over time)
+# --------------------------------------------------------------------------------------------------------------
+def _slerp(q0: np.ndarray, q1: np.ndarray, a: float) -> np.ndarray:
+    """Spherical interpolation between unit quaternions [w, x, y, z] at fraction ``a`` in [0, 1]."""
+    d = float(np.dot(q0, q1))
+    if d < 0.0:
+        q1, d = -q1, -d
+    if d > 0.9995:
+        q = q0 + a * (q1 - q0)
+    else:
+        th = np.arccos(d)
+        q = (np.sin((1 - a) * th) * q0 + np.sin(a * th) * q1) / np.sin(th)
+    return q / np.linalg.norm(q)
+
+
+class Trajectory:
+    """Time series of ``child -> parent`` poses (here ``base_link -> map``) with interpolation.
+
+    ``at(t_ns)`` interpolates between the two nearest samples; outside the recorded span it returns the end
+    pose if within ``max_extrapolation_ns`` of it, else raises ``LookupError`` (like tf2's extrapolation error).
+    """
+
+    def __init__(self, stamps_ns: Sequence[int], matrices: Sequence[np.ndarray],
+                 max_extrapolation_ns: int = 100_000_000):
+        order = np.argsort(np.asarray(stamps_ns, dtype=np.int64), kind="stable")
+        self.stamps = [int(stamps_ns[i]) for i in order]
+        mats = [np.asarray(matrices[i], dtype=np.float64) for i in order]
+        self.trans = np.array([m[:3, 3] for m in mats]).reshape(-1, 3)
+        self.quats = matrix_to_quat(np.array([m[:3, :3] for m in mats]).reshape(-1, 3, 3))
+        self.max_extrapolation_ns = max_extrapolation_ns
+
+    def __len__(self) -> int:
+        return len(self.stamps)
+
+    def at(self, t_ns: int) -> np.ndarray:
+        """4x4 pose at ``t_ns`` (nanoseconds)."""
+        if not self.stamps:
+            raise LookupError("no poses recorded")
+        i = bisect.bisect_left(self.stamps, t_ns)
+        if i < len(self.stamps) and self.stamps[i] == t_ns:
+            return make_transform(self.quats[i], self.trans[i])
+        if i == 0 or i == len(self.stamps):
+            j = 0 if i == 0 else len(self.stamps) - 1
+            if abs(self.stamps[j] - t_ns) > self.max_extrapolation_ns:
+                raise LookupError(
+                    f"stamp {t_ns} ns is {abs(self.stamps[j] - t_ns) / 1e9:.3f} s outside the recorded poses "
+                    f"[{self.stamps[0]}, {self.stamps[-1]}] ns")
+            return make_transform(self.quats[j], self.trans[j])
+        t0, t1 = self.stamps[i - 1], self.stamps[i]
+        a = (t_ns - t0) / (t1 - t0)
+        return make_transform(_slerp(self.quats[i - 1], self.quats[i], a),
+                              (1 - a) * self.trans[i - 1] + a * self.trans[i])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The reader
+# --------------------------------------------------------------------------------------------------------------
+class BagReader:
+    """Read a rosbag2 (MCAP or sqlite3) written with the project's conventions.
+
+    Use as a context manager or call :meth:`close`. All iteration happens in bag (receive-time) order.
+    """
+
+    def __init__(self, path: str | Path):
+        from rosbags.rosbag2 import Reader
+
+        self.path = Path(path)
+        if not self.path.exists():
+            raise BagError(f"{self.path}: no such bag (expected a rosbag2 folder with metadata.yaml)")
+        self.ts = typestore()
+        try:
+            self._reader = Reader(self.path)
+            self._reader.open()
+        except Exception as exc:  # noqa: BLE001 - rosbags raises several kinds; all mean "unreadable"
+            raise BagError(f"{self._describe()}: cannot open the bag: {type(exc).__name__}: {exc}") from exc
+        self.connections = list(self._reader.connections)
+        self._by_topic: dict[str, list] = {}
+        for c in self.connections:
+            self._by_topic.setdefault(c.topic, []).append(c)
+
+    def _describe(self) -> str:
+        files = sorted(p.name for p in self.path.glob("*") if p.suffix in (".mcap", ".db3"))
+        return f"{self.path}" + (f" (storage file {', '.join(files)})" if files else "")
+
+    # -- basics ------------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        try:
+            self._reader.close()
+        except Exception:  # noqa: BLE001 - closing a broken bag must not hide the original error
+            pass
+
+    def __enter__(self) -> "BagReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def topics(self) -> dict[str, tuple[str, int]]:
+        """``{topic: (msgtype, message count)}``."""
+        return {t: (cs[0].msgtype, sum(c.msgcount for c in cs)) for t, cs in self._by_topic.items()}
+
+    def has_topic(self, topic: str) -> bool:
+        return topic in self._by_topic
+
+    def qos(self, topic: str) -> list:
+        """The recorded ``offered_qos_profiles`` (rosbags ``Qos`` tuples) of ``topic``."""
+        cs = self._by_topic.get(topic, [])
+        return list(cs[0].ext.offered_qos_profiles) if cs else []
+
+    @property
+    def start_ns(self) -> int:
+        return int(self._reader.start_time)
+
+    @property
+    def end_ns(self) -> int:
+        return int(self._reader.end_time)
+
+    def raw_messages(self, topics: Iterable[str] | None = None) -> Iterator[tuple[Any, int, bytes]]:
+        """``(connection, receive_ns, cdr bytes)`` in receive-time order; ``topics=None`` means all."""
+        conns = self.connections if topics is None else [c for t in topics for c in self._by_topic.get(t, [])]
+        if not conns:
+            return
+        it = self._reader.messages(connections=conns)
+        while True:
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            except Exception as exc:  # noqa: BLE001
+                raise BagError(f"{self._describe()}: storage is truncated or corrupted: "
+                               f"{type(exc).__name__}: {exc}") from exc
+            yield item
+
+    def messages(self, topics: Iterable[str] | None = None) -> Iterator[tuple[str, int, Any]]:
+        """``(topic, receive_ns, deserialised message)`` in receive-time order."""
+        for conn, t, raw in self.raw_messages(topics):
+            try:
+                msg = self.ts.deserialize_cdr(raw, conn.msgtype)
+            except Exception as exc:  # noqa: BLE001
+                raise BagError(f"{self._describe()}: message on {conn.topic} at {t} ns is corrupted "
+                               f"({conn.msgtype}): {type(exc).__name__}: {exc}") from exc
+            yield conn.topic, t, msg
+
+    def check(self) -> int:
+        """Read every message once (deserialising it); returns the count. Raises :class:`BagError` on damage."""
+        n = 0
+        for _ in self.messages():
+            n += 1
+        expected = sum(c.msgcount for c in self.connections)
+        if expected and n != expected:
+            raise BagError(f"{self._describe()}: metadata.yaml lists {expected} messages but the storage holds "
+                           f"{n}: the bag is truncated")
+        return n
+
+    # -- calibration and poses ---------------------------------------------------------------------------------
+    def static_transforms(self) -> dict[str, tuple[str, np.ndarray]]:
+        """``{child_frame: (parent_frame, child -> parent 4x4)}`` from ``/tf_static`` (last one wins)."""
+        out: dict[str, tuple[str, np.ndarray]] = {}
+        for _, _, msg in self.messages([TF_STATIC]):
+            for tf in msg.transforms:
+                out[tf.child_frame_id] = (tf.header.frame_id, transform_msg_to_matrix(tf.transform))
+        return out
+
+    def sensor_to_base(self, frame: str, base: str = BASE_FRAME) -> np.ndarray:
+        """``frame -> base`` 4x4 by chaining ``/tf_static`` (raises ``LookupError`` if not connected)."""
+        static = self.static_transforms()
+        T = np.eye(4)
+        cur = frame
+        for _ in range(32):
+            if cur == base:
+                return T
+            if cur not in static:
+                break
+            parent, M = static[cur]
+            T = M @ T
+            cur = parent
+        raise LookupError(f"{self.path}: no /tf_static chain from '{frame}' to '{base}'")
+
+    def trajectory(self, parent: str = MAP_FRAME, child: str = BASE_FRAME) -> Trajectory:
+        """``child -> parent`` poses from ``/tf`` (default ``base_link -> map``, the ego pose)."""
+        stamps, mats = [], []
+        for _, _, msg in self.messages([TF]):
+            for tf in msg.transforms:
+                if tf.header.frame_id == parent and tf.child_frame_id == child:
+                    stamps.append(stamp_to_ns(tf.header.stamp))
+                    mats.append(transform_msg_to_matrix(tf.transform))
+        return Trajectory(stamps, mats)
+
+    # -- cameras -----------------------------------------------------------------------------------------------
+    def camera_topics(self) -> dict[str, tuple[str, bool]]:
+        """``{camera: (image topic, compressed)}`` for every ``/<camera>/image[/compressed]`` in the bag
+        (compressed preferred when both are recorded)."""
+        out: dict[str, tuple[str, bool]] = {}
+        for topic, cs in self._by_topic.items():
+            parts = topic.strip("/").split("/")
+            if cs[0].msgtype == "sensor_msgs/msg/CompressedImage" and parts[1:] == ["image", "compressed"]:
+                out[parts[0]] = (topic, True)
+            elif cs[0].msgtype == "sensor_msgs/msg/Image" and parts[1:] == ["image"]:
+                out.setdefault(parts[0], (topic, False))
+        return out
+
+    def camera_infos(self) -> dict[str, CameraInfo]:
+        """``{camera: CameraInfo}`` from ``/<camera>/camera_info`` (the last message of each)."""
+        out: dict[str, CameraInfo] = {}
+        topics = [t for t in self._by_topic if t.endswith("/camera_info")]
+        for topic, _, msg in self.messages(topics):
+            cam = topic.strip("/").split("/")[0]
+            out[cam] = CameraInfo(np.asarray(msg.k, dtype=np.float64).reshape(3, 3), int(msg.width),
+                                  int(msg.height), msg.header.frame_id)
+        return out
+
+    def images(self, cameras: Sequence[str] | None = None, compressed: bool | None = None) -> Iterator[ImageMsg]:
+        """Camera images in bag order. ``compressed`` forces the topic kind (None: as :meth:`camera_topics`)."""
+        avail = self.camera_topics()
+        cams = list(cameras) if cameras is not None else list(avail)
+        topic_to_cam: dict[str, tuple[str, bool]] = {}
+        for cam in cams:
+            if compressed is None:
+                if cam not in avail:
+                    raise BagError(f"{self.path}: no image topic for camera {cam} (have {sorted(avail)})")
+                topic, comp = avail[cam]
+            else:
+                topic, comp = (f"/{cam}/image/compressed", True) if compressed else (f"/{cam}/image", False)
+                if topic not in self._by_topic:
+                    raise BagError(f"{self.path}: topic {topic} is not in the bag")
+            topic_to_cam[topic] = (cam, comp)
+        for topic, _, msg in self.messages(topic_to_cam):
+            cam, comp = topic_to_cam[topic]
+            yield image_from_msg(cam, msg, comp)
+
+    # -- boxes -------------------------------------------------------------------------------------------------
+    def ground_truth(self) -> list[BoxFrame]:
+        """Ground-truth frames (key frames) with sample token and velocities, in stamp order."""
+        if GT_DETECTIONS not in self._by_topic:
+            raise BagError(f"{self.path}: no {GT_DETECTIONS} topic (not written by labeldistill-nusc2bag?)")
+        tokens: dict[int, str] = {}
+        vels: dict[int, np.ndarray] = {}
+        dets: list[tuple[int, Any]] = []
+        for topic, t, msg in self.messages([GT_DETECTIONS, GT_SAMPLE_TOKEN, GT_VELOCITIES]):
+            if topic == GT_SAMPLE_TOKEN:
+                tokens[t] = msg.data
+            elif topic == GT_VELOCITIES:
+                vels[t] = np.asarray(msg.data, dtype=np.float64).reshape(-1, 2)
+            else:
+                dets.append((t, msg))
+        frames = []
+        for t, msg in dets:
+            f = detections_from_msg(msg, vels.get(t))
+            f.sample_token = tokens.get(t, "")
+            f.receive_ns = t
+            frames.append(f)
+        frames.sort(key=lambda f: f.stamp_ns)
+        return frames
+
+    def detections(self, topic: str) -> list[BoxFrame]:
+        """Every Detection3DArray on ``topic`` (receive time kept in ``receive_ns``), in bag order."""
+        if topic == GT_DETECTIONS:
+            return self.ground_truth()
+        if topic not in self._by_topic:
+            raise BagError(f"{self.path}: topic {topic} is not in the bag (have {sorted(self._by_topic)})")
+        out = []
+        for _, t, msg in self.messages([topic]):
+            f = detections_from_msg(msg)
+            f.receive_ns = t
+            out.append(f)
+        return out
+
+
+def nearest_index(stamps_ns: Sequence[int], t_ns: int) -> int:
+    """Index of the stamp in sorted ``stamps_ns`` nearest to ``t_ns`` (-1 if empty)."""
+    if not len(stamps_ns):
+        return -1
+    i = bisect.bisect_left(stamps_ns, t_ns)
+    if i == 0:
+        return 0
+    if i == len(stamps_ns):
+        return len(stamps_ns) - 1
+    return i if stamps_ns[i] - t_ns < t_ns - stamps_ns[i - 1] else i - 1
+
+
+__all__ = ["BagError", "BagReader", "BoxFrame", "CameraInfo", "ImageMsg", "Trajectory", "decode_compressed",
+           "detections_from_msg", "image_from_msg", "nearest_index", "quat_to_matrix", "stamp_to_ns"]

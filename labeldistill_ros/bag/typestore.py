@@ -1,0 +1,63 @@
+"""A ``rosbags`` typestore for ROS 2 Kilted with vision_msgs registered.
+
+rosbags ships the standard interfaces (sensor_msgs, tf2_msgs, visualization_msgs, std_msgs, rosgraph_msgs)
+but not vision_msgs. Its definitions are read from the ``.msg`` files of, in this order:
+
+1. an installed vision_msgs (``<prefix>/share/vision_msgs/msg`` for this Python prefix, then every prefix on
+   ``AMENT_PREFIX_PATH``) - the definitions the running rclpy uses, so the type hashes recorded in a bag match
+   what the node publishes;
+2. the repository's ``interfaces/vision_msgs/msg`` (source checkout without a built interface package).
+
+The result is cached per process (building it parses ~16 files, a few ms).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+from rosbags.typesys.store import Typestore
+
+VISION_MSGS = "vision_msgs"
+
+
+def vision_msgs_dirs() -> list[Path]:
+    """Candidate folders holding vision_msgs ``*.msg`` files, best first (existing ones only)."""
+    cands = [Path(sys.prefix) / "share" / VISION_MSGS / "msg"]
+    for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
+        cands.append(Path(prefix) / "share" / VISION_MSGS / "msg")
+    cands.append(Path(__file__).resolve().parents[2] / "interfaces" / VISION_MSGS / "msg")
+    seen, out = set(), []
+    for c in cands:
+        if c.is_dir() and any(c.glob("*.msg")) and c.resolve() not in seen:
+            seen.add(c.resolve())
+            out.append(c)
+    return out
+
+
+def vision_msgs_types(msg_dir: Path | None = None) -> dict:
+    """Parsed vision_msgs definitions ``{'vision_msgs/msg/Name': fields}`` from ``msg_dir`` (default: the
+    first of :func:`vision_msgs_dirs`)."""
+    if msg_dir is None:
+        dirs = vision_msgs_dirs()
+        if not dirs:
+            raise FileNotFoundError(
+                "vision_msgs .msg definitions not found: looked in <prefix>/share/vision_msgs/msg, "
+                "$AMENT_PREFIX_PATH and the repository's interfaces/vision_msgs/msg. Install vision_msgs "
+                "(a ROS install, or tools/setup_env.py here)."
+            )
+        msg_dir = dirs[0]
+    types: dict = {}
+    for f in sorted(Path(msg_dir).glob("*.msg")):
+        types.update(get_types_from_msg(f.read_text(), f"{VISION_MSGS}/msg/{f.stem}"))
+    return types
+
+
+@functools.lru_cache(maxsize=None)
+def typestore() -> Typestore:
+    """The ROS 2 Kilted typestore plus vision_msgs (cached; treat it as read-only)."""
+    ts = get_typestore(Stores.ROS2_KILTED)
+    ts.register(vision_msgs_types())
+    return ts

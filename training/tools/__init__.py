@@ -1,0 +1,1 @@
+"""Command-line tools (console scripts) of the training side."""
