@@ -46,6 +46,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     entry_points={
-        "console_scripts": [],
+        "console_scripts": [
+            "detector_node = labeldistill_ros.node.detector_node:main",
+        ],
     },
 )
