@@ -48,6 +48,7 @@ setup(
     entry_points={
         "console_scripts": [
             "detector_node = labeldistill_ros.node.detector_node:main",
+            "labeldistill-synth = labeldistill_training.synth.cli:main",
         ],
     },
 )

@@ -1,0 +1,1 @@
+"""Evaluation: detections -> nuScenes results JSON -> nuscenes-devkit ``DetectionEval`` (mAP, NDS, TP errors)."""
