@@ -65,11 +65,13 @@ class BagPlayer:
         topics: only these topics (default: all).
         clock_period_s: ``/clock`` period while waiting between messages, wall seconds.
         on_publish: ``callback(topic, bag_ns, wall_s)`` after each message.
+        before_publish: ``callback(topic, bag_ns)`` before each message (may block: lock-step replay).
     """
 
     def __init__(self, node, bag: str | Path, rate: float = 1.0, clock: bool = True,
                  topics: Iterable[str] | None = None, clock_period_s: float = 0.01,
-                 on_publish: Callable[[str, int, float], None] | None = None):
+                 on_publish: Callable[[str, int, float], None] | None = None,
+                 before_publish: Callable[[str, int], None] | None = None):
         if rate < 0:
             raise ValueError(f"rate must be >= 0 (0 = as fast as possible), got {rate}")
         self.node = node
@@ -78,6 +80,7 @@ class BagPlayer:
         self.clock = clock
         self.clock_period_s = clock_period_s
         self.on_publish = on_publish
+        self.before_publish = before_publish
         self.reader = BagReader(self.bag)
         avail = self.reader.topics()
         self.topics = list(avail) if topics is None else [t for t in topics if t in avail]
@@ -91,7 +94,7 @@ class BagPlayer:
 
             self._clock_cls = Clock
             self._clock_pub = node.create_publisher(
-                Clock, CLOCK_TOPIC, QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
+                Clock, CLOCK_TOPIC, QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
         self.published = 0
 
     def close(self) -> None:
@@ -121,6 +124,8 @@ class BagPlayer:
         for conn, t, raw in self.reader.raw_messages(self.topics):
             if should_stop is not None and should_stop():
                 break
+            if self.before_publish is not None:
+                self.before_publish(conn.topic, t)
             if t0_bag is None:
                 t0_bag = t
             if self.rate > 0:

@@ -278,7 +278,8 @@ class BagReader:
 
     @property
     def end_ns(self) -> int:
-        return int(self._reader.end_time)
+        """Receive time of the last message, ns (rosbags' ``end_time`` is one past it)."""
+        return int(self._reader.end_time) - 1
 
     def raw_messages(self, topics: Iterable[str] | None = None) -> Iterator[tuple[Any, int, bytes]]:
         """``(connection, receive_ns, cdr bytes)`` in receive-time order; ``topics=None`` means all."""

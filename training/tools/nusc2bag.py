@@ -20,6 +20,7 @@ are written (``--sweeps`` adds the non-key frames) and only ground truth the dev
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -240,11 +241,42 @@ def gt_boxes_ego(nusc, sample: dict, ego2global: np.ndarray, min_points: int):
     return boxes, names, ids
 
 
+def plan_scenes(nusc, scenes: list[dict], max_samples: int | None) -> list[tuple[dict, list[dict], dict]]:
+    """Per scene, in time order: ``(scene, samples, calibration {channel: (sensor -> base_link 4x4, K)})``.
+
+    Raises SystemExit before anything is written when one bag cannot hold the scenes: their calibrations differ
+    (a bag has one latched /tf_static) or their times overlap.
+    """
+    plan, ref, last_end = [], None, None
+    for scene in sorted(scenes, key=lambda sc: nusc.get("sample", sc["first_sample_token"])["timestamp"]):
+        samples = _scene_samples(nusc, scene)[: max_samples or None]
+        static = {}
+        for ch in CAMERAS + (LIDAR,):
+            if ch in samples[0]["data"]:
+                sd = nusc.get("sample_data", samples[0]["data"][ch])
+                cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+                static[ch] = (make_transform(cs["rotation"], cs["translation"]), cs["camera_intrinsic"])
+        if ref is not None and any(
+                ch in ref and not (np.allclose(ref[ch][0], static[ch][0])
+                                   and np.allclose(np.ravel(ref[ch][1]), np.ravel(static[ch][1])))
+                for ch in static):
+            raise SystemExit(f"labeldistill-nusc2bag: the calibration of scene {scene['name']} differs from the "
+                             f"previous selected scene's and a bag holds one /tf_static: write one bag per scene "
+                             f"(--scenes NAME)")
+        if last_end is not None and samples[0]["timestamp"] <= last_end:
+            raise SystemExit(f"labeldistill-nusc2bag: scene {scene['name']} starts before the previous selected "
+                             f"scene ends: write one bag per scene (--scenes NAME)")
+        last_end = samples[-1]["timestamp"] + 1_000_000
+        ref = static
+        plan.append((scene, samples, static))
+    return plan
+
+
 def convert(opt: Options) -> dict:
-    """Write the bag; returns a summary (counts, duration, size). Raises SystemExit on bad input."""
+    """Write the bag; returns a summary (counts, duration, size). Raises SystemExit on bad input; a failed
+    conversion leaves no partial bag behind."""
     from nuscenes.nuscenes import NuScenes
-    from rosbags.rosbag2 import StoragePlugin, Writer
-    from tqdm import tqdm
+    from rosbags.rosbag2 import StoragePlugin
 
     out = Path(opt.out)
     if out.exists():
@@ -253,57 +285,44 @@ def convert(opt: Options) -> dict:
         raise SystemExit(f"labeldistill-nusc2bag: --images must be compressed, raw or both (got {opt.images})")
     t0 = time.monotonic()
     nusc = NuScenes(version=opt.version, dataroot=opt.dataroot, verbose=False)
-    scenes = select_scenes(nusc, opt.scenes, opt.split)
-    m = _Msgs()
-    ts = m.ts
+    plan = plan_scenes(nusc, select_scenes(nusc, opt.scenes, opt.split), opt.max_samples)
     plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}[opt.storage]
     counts: dict[str, int] = {}
-    samples_total = sum(s["nbr_samples"] for s in scenes)
-    if opt.max_samples:
-        samples_total = min(samples_total, opt.max_samples * len(scenes))
+    try:
+        _write(opt, nusc, plan, out, plugin, counts)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    return {"bag": str(out), "storage": opt.storage, "scenes": [p[0]["name"] for p in plan],
+            "key_frames": counts.get(GT_DETECTIONS, 0), "messages": sum(counts.values()), "topics": counts,
+            "bytes": size, "seconds": round(time.monotonic() - t0, 2)}
+
+
+def _write(opt: Options, nusc, plan, out: Path, plugin, counts: dict) -> None:
+    """Write the planned scenes, each in stamp order, to a new bag at ``out``; message counts go to ``counts``."""
+    from rosbags.rosbag2 import Writer
+    from tqdm import tqdm
+
+    from labeldistill_ros.bag.reader import decode_compressed
+
+    m = _Msgs()
+    ts = m.ts
     want_comp = opt.images in ("compressed", "both")
     want_raw = opt.images in ("raw", "both")
-
     with Writer(out, version=9, storage_plugin=plugin) as w:
         conns: dict[str, object] = {}
 
-        def conn(topic: str, msgtype: str, latched: bool = False):
-            if topic not in conns:
-                conns[topic] = w.add_connection(topic, msgtype, typestore=ts,
-                                                offered_qos_profiles=_qos(latched))
-            return conns[topic]
-
         def write(topic: str, msgtype: str, t_ns: int, msg, latched: bool = False):
-            w.write(conn(topic, msgtype, latched), t_ns, ts.serialize_cdr(msg, msgtype))
+            if topic not in conns:
+                conns[topic] = w.add_connection(topic, msgtype, typestore=ts, offered_qos_profiles=_qos(latched))
+            w.write(conns[topic], t_ns, ts.serialize_cdr(msg, msgtype))
             counts[topic] = counts.get(topic, 0) + 1
 
-        bar = tqdm(total=samples_total, desc="nusc2bag", unit="sample", disable=not opt.progress)
-        static_ref = None
-        for scene in scenes:
-            samples = _scene_samples(nusc, scene)
-            if opt.max_samples:
-                samples = samples[: opt.max_samples]
-            # Events of this scene: (stamp_ns, order, kind, payload); written in stamp order.
-            events: list[tuple[int, int, str, object]] = []
-            key_sd: dict[str, dict] = {}
-            for s in samples:
-                for ch in CAMERAS + (LIDAR,):
-                    if ch in s["data"]:
-                        key_sd.setdefault(ch, nusc.get("sample_data", s["data"][ch]))
-            # Calibration (static within a scene).
-            static = {}
-            for ch, sd in key_sd.items():
-                cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
-                static[ch] = (make_transform(cs["rotation"], cs["translation"]), cs["camera_intrinsic"])
-            if static_ref is not None and any(
-                    ch in static_ref and not np.allclose(static_ref[ch][0], static[ch][0]) for ch in static):
-                raise SystemExit("labeldistill-nusc2bag: the calibration differs between the selected scenes; "
-                                 "write one bag per scene (--scenes NAME)")
-            static_ref = static
-            first_ns = samples[0]["timestamp"] * 1000
-            events.append((first_ns - 1, 0, "tf_static", static))
+        bar = tqdm(total=sum(len(p[1]) for p in plan), desc="nusc2bag", unit="sample", disable=not opt.progress)
+        for scene, samples, static in plan:
+            events: list[tuple[int, int, str, object]] = []  # (stamp_ns, order, kind, payload)
             seen_pose: set[int] = set()
-            first_sample, last_sample = samples[0]["token"], samples[-1]["token"]
             for s in samples:
                 for ch in CAMERAS + (LIDAR,):
                     if ch not in s["data"]:
@@ -327,8 +346,9 @@ def convert(opt: Options) -> dict:
                             events.append((d["timestamp"] * 1000, 2, "camera", (ch, d)))
                     if ch == LIDAR:
                         events.append((sd["timestamp"] * 1000, 3, "gt", (s, sd)))
+            # Calibration first (1 ns before the scene's first message), latched for late subscribers.
+            events.append((min(e[0] for e in events) - 1, 0, "tf_static", static))
             events.sort(key=lambda e: (e[0], e[1]))
-            del first_sample, last_sample
             for t_ns, _, kind, payload in events:
                 if kind == "tf_static":
                     tfs = [m.transform(t_ns, BASE_FRAME, ch, T) for ch, (T, _) in payload.items()]
@@ -345,7 +365,6 @@ def convert(opt: Options) -> dict:
                         write(f"/{ch}/image/compressed", "sensor_msgs/msg/CompressedImage", t_ns,
                               m.compressed_image(t_ns, ch, jpeg))
                     if want_raw:
-                        from labeldistill_ros.bag.reader import decode_compressed
 
                         write(f"/{ch}/image", "sensor_msgs/msg/Image", t_ns,
                               m.raw_image(t_ns, ch, decode_compressed(jpeg)))
@@ -366,11 +385,7 @@ def convert(opt: Options) -> dict:
                     bar.update(1)
         bar.close()
         w.set_custom_data("labeldistill.source", f"{opt.version}@{Path(opt.dataroot).resolve()}")
-        w.set_custom_data("labeldistill.scenes", ",".join(s["name"] for s in scenes))
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    return {"bag": str(out), "storage": opt.storage, "scenes": [s["name"] for s in scenes],
-            "key_frames": counts.get(GT_DETECTIONS, 0), "messages": sum(counts.values()), "topics": counts,
-            "bytes": size, "seconds": round(time.monotonic() - t0, 2)}
+        w.set_custom_data("labeldistill.scenes", ",".join(p[0]["name"] for p in plan))
 
 
 def build_parser() -> argparse.ArgumentParser:
