@@ -244,8 +244,9 @@ class BagReader:
             self._by_topic.setdefault(c.topic, []).append(c)
 
     def _describe(self) -> str:
-        files = sorted(p.name for p in self.path.glob("*") if p.suffix in (".mcap", ".db3"))
-        return f"{self.path}" + (f" (storage file {', '.join(files)})" if files else "")
+        """The bag named by its storage file(s), e.g. ``run1/run1.mcap`` (the folder alone if none)."""
+        files = sorted(str(p) for p in self.path.glob("*") if p.suffix in (".mcap", ".db3"))
+        return ", ".join(files) if files else str(self.path)
 
     # -- basics ------------------------------------------------------------------------------------------------
     def close(self) -> None:

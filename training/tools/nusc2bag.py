@@ -290,6 +290,11 @@ def convert(opt: Options) -> dict:
     counts: dict[str, int] = {}
     try:
         _write(opt, nusc, plan, out, plugin, counts)
+        if opt.storage == "mcap":  # rosbags leaves chunk CRCs at 0: fill them so damage is detected on read
+            from labeldistill_ros.bag.mcap import add_chunk_crcs
+
+            for f in out.glob("*.mcap"):
+                add_chunk_crcs(f)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
