@@ -1,0 +1,243 @@
+"""Detections -> ROS messages: ``vision_msgs/Detection3DArray``, RViz ``MarkerArray``, latched ``LabelInfo`` and
+``diagnostic_msgs/DiagnosticArray``.
+
+Conventions (``docs/node.md``, ``geometry.py``): boxes are in ``frame_id`` (the node's ``target_frame``, x forward,
+y left, z up, metres); ``header.stamp`` is the source camera set's stamp, never ``now()``; ``bbox.center`` is the
+geometric centre with the heading as a yaw quaternion; ``bbox.size`` = (l, w, h) (x along the heading);
+``results[0].hypothesis.class_id`` is the nuScenes detection name and ``score`` in [0, 1];
+``results[0].pose.pose`` repeats the box pose.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable, Mapping
+
+import numpy as np
+
+from ..geometry import yaw_to_quat
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..inference import Detections
+
+# nuScenes devkit colours (RGB 0-255) per detection class; unknown names get grey.
+CLASS_COLORS: dict[str, tuple[int, int, int]] = {
+    "car": (255, 158, 0), "truck": (255, 99, 71), "construction_vehicle": (233, 150, 70),
+    "bus": (255, 69, 0), "trailer": (255, 140, 0), "barrier": (112, 128, 144), "motorcycle": (255, 61, 99),
+    "bicycle": (220, 20, 60), "pedestrian": (0, 0, 230), "traffic_cone": (47, 79, 79),
+}
+_GREY = (160, 160, 160)
+
+# diagnostic_msgs/DiagnosticStatus levels
+OK, WARN, ERROR, STALE = b"\x00", b"\x01", b"\x02", b"\x03"
+
+
+def stamp_msg(stamp_ns: int):
+    """``builtin_interfaces/Time`` from integer nanoseconds."""
+    from builtin_interfaces.msg import Time
+
+    sec, nsec = divmod(int(stamp_ns), 1_000_000_000)
+    return Time(sec=sec, nanosec=nsec)
+
+
+def _poses(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centres ``(N, 3)`` and quaternions ``(N, 4)`` [x, y, z, w] of boxes ``(N, >=7)``."""
+    q = yaw_to_quat(boxes[:, 6])  # [w, x, y, z]
+    return boxes[:, :3], np.concatenate([q[:, 1:], q[:, :1]], axis=1)
+
+
+class DetectionArrayBuilder:
+    """Builds ``vision_msgs/Detection3DArray`` messages, reusing one pool of ``Detection3D`` objects.
+
+    rclpy serialises a message inside ``publish()``, so the objects can be refilled for the next set once the
+    previous array was published; this keeps per-frame allocation to nothing after warm-up (constructing ~15
+    rclpy objects per box costs tens of milliseconds for 200 boxes). ``bbox.center`` and
+    ``results[0].pose.pose`` share one ``Pose`` object (the same values, serialised twice).
+    """
+
+    def __init__(self):
+        from std_msgs.msg import Header
+        from vision_msgs.msg import Detection3DArray
+
+        self._header = Header()
+        self._array = Detection3DArray(header=self._header)
+        self._pool: list = []
+
+    def _new(self):
+        from geometry_msgs.msg import Pose
+        from vision_msgs.msg import Detection3D, ObjectHypothesisWithPose
+
+        d = Detection3D(header=self._header)
+        pose = Pose()
+        hyp = ObjectHypothesisWithPose()
+        hyp.pose.pose = pose
+        d.results = [hyp]
+        d.bbox.center = pose
+        return d
+
+    def build(self, det: "Detections", stamp_ns: int, frame_id: str):
+        """The array for ``det`` (boxes already in ``frame_id``); valid until the next call."""
+        self._header.stamp = stamp_msg(stamp_ns)
+        self._header.frame_id = frame_id
+        boxes = np.asarray(det.boxes, dtype=np.float64)
+        n = len(boxes)
+        while len(self._pool) < n:
+            self._pool.append(self._new())
+        if n:
+            centres, quats = _poses(boxes)
+            c, q, sz = centres.tolist(), quats.tolist(), boxes[:, 3:6].tolist()
+            scores, names = det.scores.tolist(), det.names
+            for i in range(n):
+                d = self._pool[i]
+                h = d.results[0].hypothesis
+                h.class_id, h.score = names[i], scores[i]
+                pose = d.bbox.center
+                p, o = pose.position, pose.orientation
+                p.x, p.y, p.z = c[i]
+                o.x, o.y, o.z, o.w = q[i]
+                s = d.bbox.size
+                s.x, s.y, s.z = sz[i]
+        self._array.detections = self._pool[:n]
+        return self._array
+
+
+class MarkerArrayBuilder:
+    """Builds the RViz ``MarkerArray``: a DELETEALL first, then per box a CUBE (namespace = class name, nuScenes
+    colour, ``alpha``) and optionally a TEXT_VIEW_FACING label ``'<class> <score>'`` 0.4 m above it (namespace
+    ``<class>/label``), all with ``lifetime_s``. Marker objects are pooled like :class:`DetectionArrayBuilder`."""
+
+    def __init__(self, lifetime_s: float, text: bool = True, alpha: float = 0.45):
+        from builtin_interfaces.msg import Duration
+        from std_msgs.msg import ColorRGBA, Header
+        from visualization_msgs.msg import Marker, MarkerArray
+
+        self._header = Header()
+        sec, nsec = divmod(int(round(lifetime_s * 1e9)), 1_000_000_000)
+        self._life = Duration(sec=sec, nanosec=nsec)
+        self.text = text
+        self._colors = {name: ColorRGBA(r=r / 255.0, g=g / 255.0, b=b / 255.0, a=alpha)
+                        for name, (r, g, b) in CLASS_COLORS.items()}
+        self._grey = ColorRGBA(r=_GREY[0] / 255.0, g=_GREY[1] / 255.0, b=_GREY[2] / 255.0, a=alpha)
+        self._white = ColorRGBA(r=1.0, g=1.0, b=1.0, a=0.9)
+        self._delete_all = Marker(header=self._header, action=Marker.DELETEALL)
+        self._array = MarkerArray()
+        self._cubes: list = []
+        self._labels: list = []
+
+    def _marker(self, kind: int):
+        from visualization_msgs.msg import Marker
+
+        m = Marker(header=self._header, type=kind, action=Marker.ADD, lifetime=self._life)
+        if kind == Marker.TEXT_VIEW_FACING:
+            m.scale.z = 0.6
+            m.color = self._white
+            m.pose.orientation.w = 1.0
+        return m
+
+    def build(self, det: "Detections", stamp_ns: int, frame_id: str):
+        """The marker array for ``det``; valid until the next call."""
+        from visualization_msgs.msg import Marker
+
+        self._header.stamp = stamp_msg(stamp_ns)
+        self._header.frame_id = frame_id
+        boxes = np.asarray(det.boxes, dtype=np.float64)
+        n = len(boxes)
+        while len(self._cubes) < n:
+            self._cubes.append(self._marker(Marker.CUBE))
+            self._labels.append(self._marker(Marker.TEXT_VIEW_FACING))
+        markers = [self._delete_all]
+        if n:
+            centres, quats = _poses(boxes)
+            c, q, sz = centres.tolist(), quats.tolist(), boxes[:, 3:6].tolist()
+            scores, names = det.scores.tolist(), det.names
+            per_class: dict[str, int] = {}
+            for i in range(n):
+                name = names[i]
+                idx = per_class.get(name, 0)
+                per_class[name] = idx + 1
+                m = self._cubes[i]
+                m.ns, m.id = name, idx
+                p, o = m.pose.position, m.pose.orientation
+                p.x, p.y, p.z = c[i]
+                o.x, o.y, o.z, o.w = q[i]
+                m.scale.x, m.scale.y, m.scale.z = sz[i]
+                m.color = self._colors.get(name, self._grey)
+                markers.append(m)
+                if self.text:
+                    t = self._labels[i]
+                    t.ns, t.id = name + "/label", idx
+                    t.text = f"{name} {scores[i]:.2f}"
+                    p = t.pose.position
+                    p.x, p.y, p.z = c[i][0], c[i][1], c[i][2] + sz[i][2] / 2 + 0.4
+                    markers.append(t)
+        self._array.markers = markers
+        return self._array
+
+
+def detection_array(det: "Detections", stamp_ns: int, frame_id: str):
+    """A new ``vision_msgs/Detection3DArray`` of ``det`` (see :class:`DetectionArrayBuilder` for the fast path)."""
+    return DetectionArrayBuilder().build(det, stamp_ns, frame_id)
+
+
+def marker_array(det: "Detections", stamp_ns: int, frame_id: str, lifetime_s: float, text: bool = True):
+    """A new RViz ``MarkerArray`` of ``det`` (see :class:`MarkerArrayBuilder`)."""
+    return MarkerArrayBuilder(lifetime_s, text).build(det, stamp_ns, frame_id)
+
+
+def label_info(class_names: Iterable[str], threshold: float, stamp_ns: int = 0, frame_id: str = ""):
+    """``vision_msgs/LabelInfo``: class id i -> name (publish once, transient-local)."""
+    from std_msgs.msg import Header
+    from vision_msgs.msg import LabelInfo, VisionClass
+
+    return LabelInfo(header=Header(stamp=stamp_msg(stamp_ns), frame_id=frame_id),
+                     class_map=[VisionClass(class_id=i, class_name=n) for i, n in enumerate(class_names)],
+                     threshold=float(threshold))
+
+
+def diagnostic_level(window: Mapping[str, float], model_ready: bool) -> tuple[bytes, str]:
+    """Level and one-line summary of one diagnostics period.
+
+    ``window`` holds counts since the previous report: ``nonfinite`` (boxes with NaN/inf dropped),
+    ``failures`` (processing errors), ``tf_failures``, ``input_errors``, ``dropped`` (incomplete sets),
+    ``partial`` (sets run without some cameras), ``late``, ``slow`` (sets above max_processing_time_ms),
+    ``published`` and ``images``. ERROR: no model, non-finite outputs or processing errors. WARN: TF failures,
+    bad inputs, dropped/partial sets, slow processing, or images arriving but nothing published.
+    """
+    g = lambda k: window.get(k, 0)  # noqa: E731
+    if not model_ready:
+        return ERROR, "model not loaded"
+    errors = []
+    if g("nonfinite"):
+        errors.append(f"{g('nonfinite'):.0f} non-finite model outputs dropped")
+    if g("failures"):
+        errors.append(f"{g('failures'):.0f} processing failures")
+    if errors:
+        return ERROR, "; ".join(errors)
+    warns = []
+    for key, text in (("tf_failures", "TF lookups failed"), ("input_errors", "bad input messages"),
+                      ("calibration_errors", "bad CameraInfo"), ("dropped", "incomplete sets dropped"),
+                      ("partial", "sets run without some cameras"), ("slow", "sets over max_processing_time_ms")):
+        if g(key):
+            warns.append(f"{g(key):.0f} {text}")
+    if g("images") and not g("published") and not warns:
+        warns.append("images arrive but no set was published")
+    if warns:
+        return WARN, "; ".join(warns)
+    if not g("images"):
+        return OK, "waiting for images"
+    return OK, "running"
+
+
+def diagnostic_array(name: str, hardware_id: str, level: bytes, message: str, values: Mapping[str, object],
+                     stamp):
+    """``diagnostic_msgs/DiagnosticArray`` with one status; ``values`` become key/value strings."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+    from std_msgs.msg import Header
+
+    status = DiagnosticStatus(level=level, name=name, message=message, hardware_id=hardware_id,
+                              values=[KeyValue(key=str(k), value=_fmt(v)) for k, v in values.items()])
+    return DiagnosticArray(header=Header(stamp=stamp), status=[status])
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)

@@ -1,0 +1,106 @@
+"""Detections -> Detection3DArray / MarkerArray / LabelInfo / DiagnosticArray: conventions and pooled reuse."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from labeldistill_ros.geometry import CLASS_NAMES, pose_to_box
+from labeldistill_ros.inference import Detections
+from labeldistill_ros.node import messages as m
+
+pytestmark = pytest.mark.timeout(30)
+
+STAMP = 1532402927_604844000
+
+
+def dets(n: int, seed: int = 0) -> Detections:
+    rng = np.random.default_rng(seed)
+    boxes = np.column_stack([rng.uniform(-40, 40, (n, 2)), rng.uniform(-1, 2, n), rng.uniform(0.5, 12, (n, 3)),
+                             rng.uniform(-np.pi, np.pi, n), rng.normal(size=(n, 2))])
+    return Detections(boxes, np.sort(rng.random(n).astype(np.float32))[::-1].copy(), rng.integers(0, 10, n),
+                      CLASS_NAMES)
+
+
+def test_detection_array_follows_the_conventions():
+    d = dets(5)
+    arr = m.detection_array(d, STAMP, "base_link")
+    assert (arr.header.stamp.sec, arr.header.stamp.nanosec, arr.header.frame_id) == (1532402927, 604844000,
+                                                                                       "base_link")
+    assert len(arr.detections) == 5
+    for i, det in enumerate(arr.detections):
+        assert det.header == arr.header and len(det.results) == 1
+        hyp = det.results[0]
+        assert hyp.hypothesis.class_id == CLASS_NAMES[d.labels[i]]
+        assert hyp.hypothesis.score == pytest.approx(float(d.scores[i]))
+        c, s = det.bbox.center, det.bbox.size
+        back = pose_to_box([c.position.x, c.position.y, c.position.z],
+                           [c.orientation.x, c.orientation.y, c.orientation.z, c.orientation.w], [s.x, s.y, s.z])
+        np.testing.assert_allclose(back[:6], d.boxes[i, :6], atol=1e-12)  # centre = geometric centre, size l w h
+        assert np.cos(back[6] - d.boxes[i, 6]) == pytest.approx(1.0)
+        assert hyp.pose.pose == c  # results[0].pose repeats the box pose
+
+
+def test_pooled_builder_reuses_objects_and_leaves_nothing_stale():
+    b = m.DetectionArrayBuilder()
+    first = b.build(dets(6, 1), 1, "base_link")
+    ids = [id(x) for x in first.detections]
+    second = b.build(dets(2, 2), 2, "map")
+    assert len(second.detections) == 2 and [id(x) for x in second.detections] == ids[:2]
+    assert second.header.frame_id == "map" and second.header.stamp.nanosec == 2
+    np.testing.assert_allclose(second.detections[1].bbox.size.x, dets(2, 2).boxes[1, 3])
+    assert len(b.build(dets(0), 3, "base_link").detections) == 0
+
+
+def test_markers_delete_all_first_then_cubes_and_labels_per_class():
+    d = dets(12)
+    arr = m.marker_array(d, STAMP, "base_link", lifetime_s=0.25)
+    from visualization_msgs.msg import Marker
+
+    assert arr.markers[0].action == Marker.DELETEALL
+    cubes = [x for x in arr.markers[1:] if x.type == Marker.CUBE]
+    texts = [x for x in arr.markers[1:] if x.type == Marker.TEXT_VIEW_FACING]
+    assert len(cubes) == len(texts) == 12
+    assert len({(x.ns, x.id) for x in cubes + texts}) == 24  # unique per namespace
+    for i, c in enumerate(cubes):
+        name = CLASS_NAMES[d.labels[i]]
+        assert c.ns == name and c.header.frame_id == "base_link" and c.header.stamp.sec == 1532402927
+        r, g, b = m.CLASS_COLORS[name]
+        assert (round(c.color.r * 255), round(c.color.g * 255), round(c.color.b * 255)) == (r, g, b)
+        assert (c.scale.x, c.scale.y, c.scale.z) == pytest.approx(tuple(d.boxes[i, 3:6]))
+        assert c.lifetime.sec == 0 and c.lifetime.nanosec == 250_000_000
+        assert texts[i].ns == name + "/label" and texts[i].text.startswith(name + " 0.")
+        assert texts[i].pose.position.z > c.pose.position.z
+    no_text = m.marker_array(d, STAMP, "base_link", 0.25, text=False)
+    assert len(no_text.markers) == 13
+
+
+def test_label_info_maps_ids_to_class_names():
+    li = m.label_info(CLASS_NAMES, 0.3)
+    assert [(c.class_id, c.class_name) for c in li.class_map] == list(enumerate(CLASS_NAMES))
+    assert li.threshold == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("window,ready,level,text", [
+    ({}, True, m.OK, "waiting"),
+    ({"images": 60, "published": 10}, True, m.OK, "running"),
+    ({"images": 60, "published": 10}, False, m.ERROR, "model not loaded"),
+    ({"images": 60, "published": 10, "nonfinite": 3}, True, m.ERROR, "3 non-finite"),
+    ({"images": 60, "published": 10, "failures": 1, "tf_failures": 2}, True, m.ERROR, "processing failures"),
+    ({"images": 60, "published": 0, "tf_failures": 2}, True, m.WARN, "2 TF lookups failed"),
+    ({"images": 60, "published": 9, "input_errors": 1}, True, m.WARN, "bad input"),
+    ({"images": 60, "published": 9, "dropped": 1}, True, m.WARN, "incomplete sets dropped"),
+    ({"images": 60, "published": 9, "partial": 1}, True, m.WARN, "without some cameras"),
+    ({"images": 60, "published": 0}, True, m.WARN, "no set was published"),
+])
+def test_diagnostic_levels(window, ready, level, text):
+    lv, msg = m.diagnostic_level(window, ready)
+    assert lv == level and text in msg
+
+
+def test_diagnostic_array_carries_values_as_strings():
+    from builtin_interfaces.msg import Time
+
+    arr = m.diagnostic_array("det: pipeline", "/ns/det", m.WARN, "x", {"rate_hz": 11.9999, "drops": 3}, Time(sec=5))
+    st = arr.status[0]
+    assert st.level == m.WARN and st.hardware_id == "/ns/det" and arr.header.stamp.sec == 5
+    assert [(kv.key, kv.value) for kv in st.values] == [("rate_hz", "12.000"), ("drops", "3")]
