@@ -1,0 +1,131 @@
+"""Camera calibration for one set: intrinsics ``K`` from ``sensor_msgs/CameraInfo`` (validated) and the
+camera-to-target extrinsics from TF, with a change detector so the model's pooling indices are rebuilt only when
+the calibration really changes (a new CameraInfo, a new /tf_static, a different subset of cameras).
+
+Frames: ``cam2target`` maps points in the camera's optical frame (x right, y down, z forward, metres) to the
+node's ``target_frame`` (x forward, y left, z up). ``K`` is the 3x3 pinhole matrix of the image as published,
+in pixels; the images must be rectified (nuScenes images are; a non-zero distortion gives a warning).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+
+class CalibrationError(ValueError):
+    """A CameraInfo the model cannot use, or a camera without a frame id; names the field and the fix."""
+
+
+def intrinsics(msg, name: str = "camera_info") -> tuple[np.ndarray, tuple[int, int], str | None]:
+    """Validate ``msg.k`` of a ``sensor_msgs/CameraInfo``.
+
+    Returns ``(K (3, 3) float64, (width, height), warning or None)``; raises :class:`CalibrationError` for a
+    zero, non-finite or malformed K.
+    """
+    k = np.asarray(msg.k, dtype=np.float64).reshape(-1)
+    if k.size != 9:
+        raise CalibrationError(f"{name}: k has {k.size} values, expected 9 (row-major 3x3)")
+    K = k.reshape(3, 3)
+    fix = "publish the calibrated intrinsics (an uncalibrated driver sends zeros; set its camera_info_url)"
+    if not np.all(np.isfinite(K)):
+        raise CalibrationError(f"{name}: k = {k.tolist()} has non-finite values: {fix}")
+    if K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise CalibrationError(f"{name}: k = {k.tolist()}: fx = k[0] and fy = k[4] must be > 0: {fix}")
+    if abs(K[2, 2] - 1.0) > 1e-6 or abs(K[2, 0]) > 1e-9 or abs(K[2, 1]) > 1e-9 or abs(K[1, 0]) > 1e-9:
+        raise CalibrationError(f"{name}: k = {k.tolist()} is not a pinhole matrix [fx s cx; 0 fy cy; 0 0 1]: {fix}")
+    size = (int(msg.width), int(msg.height))
+    warning = None
+    d = np.asarray(msg.d, dtype=np.float64)
+    if d.size and np.any(np.abs(d) > 1e-9):
+        warning = (f"{name}: distortion d = {np.round(d, 4).tolist()} is not zero: the model expects rectified "
+                   f"images (subscribe to image_rect)")
+    return K, size, warning
+
+
+@dataclass(frozen=True)
+class SetCalibration:
+    """Calibration of the cameras of one set (only the cameras present, in camera order)."""
+
+    cameras: tuple[int, ...]
+    Ks: np.ndarray  # (n, 3, 3) pixels
+    cam2target: np.ndarray  # (n, 4, 4)
+    key: str  # digest of (cameras, Ks, cam2target): equal keys = same pooling indices
+    changed: bool  # key differs from the previous set's
+
+
+class CalibrationCache:
+    """Latest valid K per camera (re-validated only when the CameraInfo changes) and the TF extrinsics.
+
+    ``lookup(target, source, stamp_ns, timeout_s) -> 4x4`` is the TF backend's ``lookup_matrix``; it raises
+    the backend's exceptions, which the caller handles (frame skipped, diagnostic WARN).
+    """
+
+    def __init__(self, camera_names: Sequence[str], target_frame: str, camera_frames: Sequence[str] = ()):
+        self.names = list(camera_names)
+        self.target = target_frame
+        self.frames_override = list(camera_frames)
+        self._info_key: list[bytes | None] = [None] * len(self.names)
+        self._K: list[np.ndarray | None] = [None] * len(self.names)
+        self._size: list[tuple[int, int] | None] = [None] * len(self.names)
+        self._frame_from_info: list[str] = [""] * len(self.names)
+        self.warnings: list[str] = []  # new warnings for the node to log once
+        self._last_key: str | None = None
+        self.changes = 0
+
+    def update_info(self, cam: int, msg) -> None:
+        """Take camera ``cam``'s latest CameraInfo (cheap when unchanged); raises :class:`CalibrationError`."""
+        key = np.asarray(msg.k, dtype=np.float64).tobytes() + bytes(f"{msg.width}x{msg.height}", "ascii")
+        if key == self._info_key[cam]:
+            return
+        self._info_key[cam], self._K[cam] = None, None
+        K, size, warning = intrinsics(msg, f"camera_info of {self.names[cam]}")
+        if warning:
+            self.warnings.append(warning)
+        self._info_key[cam], self._K[cam], self._size[cam] = key, K, size
+        self._frame_from_info[cam] = msg.header.frame_id
+
+    def has_info(self, cam: int) -> bool:
+        return self._K[cam] is not None
+
+    def frame_of(self, cam: int, image_frame_id: str) -> str:
+        """The TF frame of camera ``cam``: ``camera_frames`` override, else the image's, else the CameraInfo's."""
+        if self.frames_override:
+            return self.frames_override[cam]
+        frame = image_frame_id or self._frame_from_info[cam]
+        if not frame:
+            raise CalibrationError(f"{self.names[cam]}: neither the image nor its camera_info has a "
+                                   f"header.frame_id: fix the driver or set the parameter camera_frames")
+        return frame
+
+    def resolve(self, cameras: Sequence[int], frame_ids: Sequence[str], image_sizes: Sequence[tuple[int, int]],
+                stamps_ns: Sequence[int], lookup: Callable[[str, str, int, float], np.ndarray],
+                timeout_s: float) -> SetCalibration:
+        """Calibration of ``cameras`` (indices) whose images have ``frame_ids``, ``image_sizes`` (w, h) and
+        ``stamps_ns``. Raises :class:`CalibrationError` (no/invalid CameraInfo, size mismatch, no frame id) or
+        the TF backend's exception."""
+        Ks, Ts = [], []
+        for cam, frame_id, (w, h), stamp in zip(cameras, frame_ids, image_sizes, stamps_ns):
+            K = self._K[cam]
+            if K is None:
+                raise CalibrationError(f"{self.names[cam]}: no valid camera_info received yet")
+            iw, ih = self._size[cam]
+            if (iw, ih) != (0, 0) and (iw, ih) != (w, h):
+                raise CalibrationError(
+                    f"{self.names[cam]}: the image is {w}x{h} but its camera_info says width={iw} height={ih}: "
+                    f"K would be wrong; publish the camera_info of this image stream")
+            Ks.append(K)
+            Ts.append(lookup(self.target, self.frame_of(cam, frame_id), stamp, timeout_s))
+        Ks_a, Ts_a = np.stack(Ks), np.stack(Ts)
+        h = hashlib.blake2b(digest_size=16)
+        h.update(np.asarray(cameras, dtype=np.int64).tobytes())
+        h.update(np.round(Ks_a, 6).tobytes())
+        h.update(np.round(Ts_a, 6).tobytes())
+        key = h.hexdigest()
+        changed = key != self._last_key
+        if changed:
+            self.changes += 1
+            self._last_key = key
+        return SetCalibration(tuple(cameras), Ks_a, Ts_a, key, changed)
