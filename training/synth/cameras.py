@@ -12,10 +12,7 @@ import numpy as np
 
 from labeldistill_ros import geometry as geo
 
-CAMERA_CHANNELS: tuple[str, ...] = (
-    "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT",
-)
-"""The six nuScenes camera channels, in the usual BEVDepth order."""
+from ..data.config import CAMERA_CHANNELS  # the six nuScenes channels, network order
 
 LIDAR_CHANNEL = "LIDAR_TOP"
 

@@ -12,6 +12,8 @@ and against the ground plane z = 0; the nearest hit wins, so occlusion is exact.
 Returns on an actor are placed just inside its surface (at least 1.5 cm along the ray and never past the middle
 of the chord), and returns within 2 mm of any box face are discarded, so every actor return lies inside the
 actor's ground-truth box and counts computed in any frame (e.g. by nuscenes-devkit in the LiDAR frame) agree.
+Ground seen under raised bodies (trailers, truck cargo boxes) lies inside those boxes and is counted, as in
+real data.
 Intensity: ``refl * (0.3 + 0.7 cos(incidence)) / (1 + (r / 60)^2)`` with noise, in [0, 255] like nuScenes.
 Output points are float32 ``(P, 5)``: x, y, z (LiDAR frame, m), intensity, ring index (0 = lowest beam).
 """
@@ -185,8 +187,31 @@ def _slab_update(box: np.ndarray, o: np.ndarray, d: np.ndarray, idx: np.ndarray,
     best_refl[sel] = refl
 
 
+def box_members(pts: np.ndarray, boxes: np.ndarray) -> list[np.ndarray]:
+    """Indices of the points ``(P, >=3)`` inside each box ``(N, >=7)`` (same frame, borders included).
+
+    Same result as ``geometry.points_in_boxes`` column by column, but only tests the points whose x falls in
+    each box's bounding interval (points sorted once), so it costs O(P log P + sum of candidates).
+    """
+    pts = np.asarray(pts, dtype=np.float64)
+    boxes = np.asarray(boxes, dtype=np.float64)
+    order = np.argsort(pts[:, 0], kind="stable")
+    xs = pts[order, 0]
+    reach = np.linalg.norm(boxes[:, 3:5], axis=1) / 2 + 1e-6
+    out = []
+    for b, r in zip(boxes, reach):
+        lo, hi = np.searchsorted(xs, b[0] - r, "left"), np.searchsorted(xs, b[0] + r, "right")
+        cand = order[lo:hi]
+        cand = cand[np.abs(pts[cand, 1] - b[1]) <= r]
+        inside = geo.points_in_boxes(pts[cand], b[None])[:, 0]
+        out.append(np.sort(cand[inside]))
+    return out
+
+
 def _inside_margin_ok(pts: np.ndarray, actor: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """``(P,)`` bool: actor returns lie >= 2 mm inside their own box and ground returns >= 2 mm outside all."""
+    """``(P,)`` bool: no return lies within 2 mm of any box surface (so inside/outside is unambiguous in any
+    frame), and every actor return lies inside its own box. Ground returns deep inside a box (under a raised
+    trailer or truck body) are kept, as in real data."""
     ok = np.ones(len(pts), dtype=bool)
     if len(boxes) == 0:
         return ok
@@ -194,20 +219,12 @@ def _inside_margin_ok(pts: np.ndarray, actor: np.ndarray, boxes: np.ndarray) -> 
     grown[:, 3:6] += 2 * _INSIDE_MARGIN
     shrunk = boxes.copy()
     shrunk[:, 3:6] -= 2 * _INSIDE_MARGIN
-    on = actor >= 0
-    if np.any(on):
-        inside = geo.points_in_boxes(pts[on], shrunk)[np.arange(on.sum()), actor[on]]
-        ok[np.nonzero(on)[0][~inside]] = False
-    g = np.nonzero(~on)[0]
-    # Only ground returns near some box can be ambiguous; test those against the grown boxes.
-    near = np.zeros(len(g), dtype=bool)
-    reach = np.linalg.norm(boxes[:, 3:5], axis=1) / 2 + 0.1
-    for lo in range(0, len(g), 8192):
-        gg = g[lo:lo + 8192]
-        dxy = np.linalg.norm(pts[gg, None, :2] - boxes[None, :, :2], axis=2)
-        near[lo:lo + 8192] = np.any(dxy < reach[None], axis=1)
-    if np.any(near):
-        gn = g[near]
-        bad = np.any(geo.points_in_boxes(pts[gn], grown), axis=1)
-        ok[gn[bad]] = False
+    inner = box_members(pts, shrunk)
+    outer = box_members(pts, grown)
+    for i in range(len(boxes)):
+        own = np.zeros(len(pts), dtype=bool)
+        own[inner[i]] = True
+        ok[outer[i][~own[outer[i]]]] = False  # near the surface of box i, or a foreign return inside it
+        mine = np.nonzero(actor == i)[0]
+        ok[mine[~own[mine]]] = False  # own return not deep enough inside
     return ok

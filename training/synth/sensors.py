@@ -17,7 +17,7 @@ from labeldistill_ros import geometry as geo
 
 from .cameras import LIDAR_CHANNEL
 from .config import SynthConfig
-from .lidar import cast_sweep
+from .lidar import box_members, cast_sweep
 from .render import make_backdrop, render_view
 from .world import Scene, frame_rng, make_scene
 
@@ -72,7 +72,7 @@ def count_points_in_boxes(points_lidar: np.ndarray, lidar2ego: np.ndarray, boxes
     if len(boxes_ego) == 0:
         return np.zeros(0, dtype=np.int64)
     pe = geo.transform_points(lidar2ego, np.asarray(points_lidar[:, :3], dtype=np.float64))
-    return geo.points_in_boxes(pe, boxes_ego).sum(axis=0).astype(np.int64)
+    return np.array([len(m) for m in box_members(pe, boxes_ego)], dtype=np.int64)
 
 
 def simulate_scene(config: SynthConfig, seed: int, index: int, dataroot: str) -> SceneRecord:

@@ -1,0 +1,287 @@
+"""Torch Dataset over nuScenes infos: multi-camera images with image augmentation, camera geometry, one BEV
+augmentation shared by boxes, points and geometry, multi-sweep LiDAR, per-camera depth targets, previous key frames.
+
+Frames and matrices (all 4x4 map column vectors, ``p_b = T_a2b @ p_a``):
+
+* **key ego**: the ego frame at the sample's LIDAR_TOP key frame (``info["ego2global"]``); boxes, points and
+  ``cam2ego`` of every frame (current and previous) are expressed in it, *before* the BEV augmentation ``bda``.
+  The network's frustum geometry is ``bda @ cam2ego @ K^-1 @ ida^-1``; ``gt_boxes`` and ``points`` are returned
+  after ``bda`` so that all three agree.
+* ``ida`` maps original-image pixels ``[u, v, 1, 1]`` (pixel centres at integers) to network-input pixels; the
+  returned image *is* the original warped by exactly this matrix (``cv2.warpAffine``), so projection through
+  ``ida @ K`` lands on the image content.
+
+Sample dict (F = 1 + len(prev_key_offsets) frames, current first; N cameras; (H, W) = ``final_dim``):
+
+=============  =========================  ==========================================================
+key            shape / type               meaning
+=============  =========================  ==========================================================
+imgs           (F, N, 3, H, W) float32    normalised images (RGB if ``to_rgb``)
+K              (F, N, 3, 3) float32       intrinsics of the original images (pixels)
+cam2ego        (F, N, 4, 4) float32       camera -> key ego (pre-bda)
+ida            (F, N, 4, 4) float32       image augmentation (same per camera across frames)
+bda            (4, 4) float32             BEV augmentation (identity when not training)
+gt_boxes       (M, 9) float32             x, y, z, l, w, h, yaw, vx, vy in key ego after bda
+gt_labels      (M,) int64                 indices into ``config.classes``
+points         (P, 5) float32             x, y, z (key ego, after bda), intensity, time lag (s)
+depth          (N, H/s, W/s) float32      min LiDAR depth (m) per stride-s cell of the current frame, 0 = none
+ego2global     (4, 4) float64             key ego pose (for converting detections to results)
+frame_dt       (F,) float32               key time minus frame time (s)
+sample_token   str
+frame_tokens   list[str] (F)
+=============  =========================  ==========================================================
+
+``points`` / ``depth`` are absent when disabled in the config. Random augmentation draws from
+``default_rng([seed, epoch, index])``: deterministic for any number of DataLoader workers.
+"""
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from labeldistill_ros import geometry as geo
+
+from .config import DataConfig
+from .infos import get_infos
+
+
+class NuScenesDataset(Dataset):
+    """Camera (+ LiDAR) samples of one split.
+
+    Args:
+        config: validated :class:`~.config.DataConfig`.
+        infos: records of :func:`~.infos.create_infos` for the split, in scene/time order.
+        training: random image/BEV augmentation (if enabled in the config); otherwise the deterministic
+            evaluation transform and ``bda`` = identity.
+        seed: augmentation seed.
+    """
+
+    def __init__(self, config: DataConfig, infos: list[dict], training: bool = False, seed: int = 0):
+        self.config = config
+        self.infos = infos
+        self.training = bool(training)
+        self.seed = int(seed)
+        self.epoch = 0
+        self._index = {info["sample_token"]: i for i, info in enumerate(infos)}
+        self._class_index = {c: i for i, c in enumerate(config.classes)}
+
+    @classmethod
+    def from_config(cls, config: DataConfig, split: str = "train", training: bool | None = None, seed: int = 0,
+                    nusc=None) -> "NuScenesDataset":
+        """Dataset of ``split``: 'train' / 'val' (the config's split names) or any split name.
+
+        ``training`` defaults to ``split == 'train'``. Infos are cached under ``config.info_cache_dir``.
+        """
+        name = {"train": config.train_split, "val": config.val_split}.get(split, split)
+        infos = get_infos(config.dataroot, config.version, name, cache_dir=config.info_cache_dir,
+                          max_sweeps=max(10, config.lidar_sweeps), nusc=nusc)
+        return cls(config, infos, training=(split == "train") if training is None else training, seed=seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the augmentation stream (call before creating the epoch's DataLoader iterator)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.infos)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Augmentation parameters
+    # ------------------------------------------------------------------------------------------------------------
+    def sample_ida(self, rng: np.random.Generator | None, width: int, height: int) -> np.ndarray:
+        """``(4, 4)`` image augmentation for a ``width x height`` source image (BEVDepth's sampling rules).
+
+        Training (rng given and augmentation enabled): resize = fit x U(resize_lim), bottom crop from
+        U(bot_pct_lim), random horizontal crop, flip with p = 0.5, rotation U(rot_lim). Otherwise: resize =
+        fit x test_resize, bottom crop at the mean of bot_pct_lim, centred horizontally, no flip/rotation.
+        """
+        a = self.config.image_aug
+        fH, fW = a.final_dim
+        fit = max(fH / height, fW / width)
+        if rng is not None and a.enabled:
+            resize = fit * rng.uniform(*a.resize_lim)
+            newW, newH = int(width * resize), int(height * resize)
+            crop_h = int((1 - rng.uniform(*a.bot_pct_lim)) * newH) - fH
+            crop_w = int(rng.uniform(0, max(0, newW - fW)))
+            flip = bool(a.rand_flip and rng.random() < 0.5)
+            rot = float(rng.uniform(*a.rot_lim))
+        else:
+            resize = fit * a.test_resize
+            newW, newH = int(width * resize), int(height * resize)
+            crop_h = int((1 - float(np.mean(a.bot_pct_lim))) * newH) - fH
+            crop_w = int(max(0, newW - fW) / 2)
+            flip, rot = False, 0.0
+        return geo.img_aug_matrix(resize, (crop_w, crop_h, crop_w + fW, crop_h + fH), flip, rot)
+
+    def sample_bda(self, rng: np.random.Generator | None) -> np.ndarray:
+        """``(4, 4)`` BEV augmentation: rotation U(rot_lim) deg, scale U(scale_lim), x/y flips; identity when
+        not training."""
+        b = self.config.bev_aug
+        if rng is None or not b.enabled:
+            return np.eye(4)
+        rot = np.deg2rad(rng.uniform(*b.rot_lim))
+        scale = rng.uniform(*b.scale_lim)
+        flip_x = bool(rng.random() < b.flip_x_prob)
+        flip_y = bool(rng.random() < b.flip_y_prob)
+        return geo.bev_aug_matrix(rot, scale, flip_x, flip_y)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Loading
+    # ------------------------------------------------------------------------------------------------------------
+    def frame_infos(self, idx: int) -> list[dict]:
+        """Infos of the current sample and its previous key frames (``prev_key_offsets``), clamped to the first
+        sample of the scene (or the oldest one present in this dataset)."""
+        cur = self.infos[idx]
+        out = [cur]
+        for off in self.config.prev_key_offsets:
+            info = cur
+            for _ in range(-off):
+                j = self._index.get(info["prev_sample_token"])
+                if j is None:
+                    break
+                info = self.infos[j]
+            out.append(info)
+        return out
+
+    def _path(self, rel: str) -> str:
+        return os.path.join(self.config.dataroot, rel)
+
+    def load_image(self, rel_path: str) -> np.ndarray:
+        """``(H, W, 3)`` uint8 BGR image (raises if unreadable)."""
+        img = cv2.imread(self._path(rel_path), cv2.IMREAD_COLOR)
+        if img is None:
+            raise FileNotFoundError(f"cannot read image {self._path(rel_path)}")
+        return img
+
+    def load_lidar(self, rel_path: str) -> np.ndarray:
+        """``(P, 5)`` float32 x, y, z (LiDAR frame), intensity, ring of a ``.pcd.bin`` file."""
+        pts = np.fromfile(self._path(rel_path), dtype=np.float32)
+        return pts.reshape(-1, 5)
+
+    def _warp(self, img: np.ndarray, ida: np.ndarray) -> np.ndarray:
+        fH, fW = self.config.image_aug.final_dim
+        M = ida[:2, [0, 1, 3]].astype(np.float64)
+        return cv2.warpAffine(img, M, (fW, fH), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                              borderValue=0)
+
+    def _normalise(self, img: np.ndarray) -> np.ndarray:
+        a = self.config.image_aug
+        if a.to_rgb:
+            img = img[..., ::-1]
+        x = (img.astype(np.float32) - np.asarray(a.mean, dtype=np.float32)) / np.asarray(a.std, dtype=np.float32)
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+    def lidar_points(self, info: dict, key_cloud: np.ndarray | None = None) -> np.ndarray:
+        """``(P, 5)`` x, y, z in the key ego frame (pre-bda), intensity, time lag (s): the key cloud plus up to
+        ``lidar_sweeps`` previous sweeps; returns within ``point_min_radius`` of the sensor are dropped.
+        ``key_cloud``: the already loaded key-frame cloud (saves a read)."""
+        key_g2e = geo.invert_transform(info["ego2global"])
+        out = []
+        for i, rec in enumerate([info["lidar"]] + list(info["sweeps"][: self.config.lidar_sweeps])):
+            pts = key_cloud if (i == 0 and key_cloud is not None) else self.load_lidar(rec["path"])
+            pts = pts[np.hypot(pts[:, 0], pts[:, 1]) >= self.config.point_min_radius]
+            T = key_g2e @ rec["ego2global"] @ rec["lidar2ego"]
+            xyz = geo.transform_points(T, pts[:, :3])
+            dt = np.full((len(pts), 1), (info["timestamp"] - rec["timestamp"]) * 1e-6)
+            out.append(np.concatenate([xyz, pts[:, 3:4], dt], axis=1))
+        return np.concatenate(out, axis=0).astype(np.float32)
+
+    def depth_target(self, info: dict, cam: dict, ida: np.ndarray, key_pts: np.ndarray) -> np.ndarray:
+        """``(H/s, W/s)`` float32: minimum optical depth (m) of the key-frame LiDAR points falling in each stride-s
+        cell of the augmented image of camera ``cam`` (0 = no point).
+
+        Points go LiDAR -> ego (LiDAR time) -> global -> ego (camera time) -> camera, are projected with K and
+        moved by ``ida``; depths outside [min_depth, max_depth] are ignored.
+        """
+        d = self.config.depth
+        fH, fW = self.config.image_aug.final_dim
+        s = d.stride
+        h, w = -(-fH // s), -(-fW // s)
+        lidar = info["lidar"]
+        T = geo.invert_transform(cam["ego2global"]) @ lidar["ego2global"] @ lidar["lidar2ego"]
+        uv, z = geo.project_points(geo.transform_points(T, key_pts[:, :3]), cam["cam2ego"], cam["K"])
+        uv = uv @ ida[:2, :2].T + ida[:2, 3]
+        cu = np.floor((uv[:, 0] + 0.5) / s)
+        cv = np.floor((uv[:, 1] + 0.5) / s)
+        ok = ((z >= d.min_depth) & (z <= d.max_depth) & (uv[:, 0] >= -0.5) & (uv[:, 0] < fW - 0.5)
+              & (uv[:, 1] >= -0.5) & (uv[:, 1] < fH - 0.5))
+        cell = (cv[ok] * w + cu[ok]).astype(np.int64)
+        zz = z[ok]
+        out = np.zeros(h * w, dtype=np.float32)
+        if len(cell):
+            order = np.lexsort((zz, cell))  # by cell, then depth: the first of each cell is its minimum
+            cell, zz = cell[order], zz[order]
+            first = np.ones(len(cell), dtype=bool)
+            first[1:] = cell[1:] != cell[:-1]
+            out[cell[first]] = zz[first]
+        return out.reshape(h, w)
+
+    def ground_truth(self, info: dict) -> tuple[np.ndarray, np.ndarray]:
+        """``(M, 9)`` boxes (key ego, pre-bda) and ``(M,)`` labels after the class and point filters."""
+        names = info["gt_names"]
+        npts = np.asarray(info["num_lidar_pts"]) + np.asarray(info["num_radar_pts"])
+        keep = [i for i, n in enumerate(names) if n in self._class_index and npts[i] >= self.config.min_lidar_pts]
+        boxes = np.asarray(info["gt_boxes"], dtype=np.float64).reshape(-1, 9)[keep]
+        labels = np.array([self._class_index[names[i]] for i in keep], dtype=np.int64)
+        return boxes, labels
+
+    # ------------------------------------------------------------------------------------------------------------
+    def __getitem__(self, idx: int) -> dict:
+        cfg = self.config
+        rng = np.random.default_rng([self.seed, self.epoch, int(idx)]) if self.training else None
+        frames = self.frame_infos(idx)
+        info = frames[0]
+        key_g2e = geo.invert_transform(info["ego2global"])
+        F, N = len(frames), len(cfg.cameras)
+        fH, fW = cfg.image_aug.final_dim
+        imgs = np.zeros((F, N, 3, fH, fW), dtype=np.float32)
+        Ks = np.zeros((F, N, 3, 3))
+        c2e = np.zeros((F, N, 4, 4))
+        idas = np.zeros((F, N, 4, 4))
+        for c, ch in enumerate(cfg.cameras):
+            ida = None
+            for f, fr in enumerate(frames):
+                cam = fr["cams"][ch]
+                img = self.load_image(cam["path"])
+                if ida is None:  # one augmentation per camera, shared by all frames
+                    ida = self.sample_ida(rng, img.shape[1], img.shape[0])
+                imgs[f, c] = self._normalise(self._warp(img, ida))
+                Ks[f, c] = cam["K"]
+                c2e[f, c] = key_g2e @ cam["ego2global"] @ cam["cam2ego"]
+                idas[f, c] = ida
+        bda = self.sample_bda(rng)
+        boxes, labels = self.ground_truth(info)
+        sample = {
+            "imgs": torch.from_numpy(imgs),
+            "K": torch.from_numpy(Ks.astype(np.float32)),
+            "cam2ego": torch.from_numpy(c2e.astype(np.float32)),
+            "ida": torch.from_numpy(idas.astype(np.float32)),
+            "bda": torch.from_numpy(bda.astype(np.float32)),
+            "gt_boxes": torch.from_numpy(geo.transform_boxes(boxes, bda).astype(np.float32).reshape(-1, 9)),
+            "gt_labels": torch.from_numpy(labels),
+            "ego2global": torch.from_numpy(np.asarray(info["ego2global"], dtype=np.float64)),
+            "frame_dt": torch.tensor([(info["timestamp"] - fr["timestamp"]) * 1e-6 for fr in frames],
+                                     dtype=torch.float32),
+            "sample_token": info["sample_token"],
+            "frame_tokens": [fr["sample_token"] for fr in frames],
+        }
+        need_key_cloud = cfg.depth.enabled or cfg.load_points
+        key_cloud = self.load_lidar(info["lidar"]["path"]) if need_key_cloud else None
+        if cfg.load_points:
+            pts = self.lidar_points(info, key_cloud)
+            pts[:, :3] = geo.transform_points(bda, pts[:, :3])
+            sample["points"] = torch.from_numpy(pts.astype(np.float32))
+        if cfg.depth.enabled:
+            sample["depth"] = torch.from_numpy(np.stack([
+                self.depth_target(info, info["cams"][ch], idas[0, c], key_cloud)
+                for c, ch in enumerate(cfg.cameras)]))
+        return sample
+
+
+def worker_init(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: one OpenCV/torch thread per worker (avoids oversubscribing the cores)."""
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
