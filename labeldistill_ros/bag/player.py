@@ -84,9 +84,15 @@ class BagPlayer:
         self.reader = BagReader(self.bag)
         avail = self.reader.topics()
         self.topics = list(avail) if topics is None else [t for t in topics if t in avail]
+        from rclpy.event_handler import PublisherEventCallbacks
+
+        # A latched (transient_local) subscriber, e.g. the node's second CameraInfo subscription, cannot match a
+        # volatile topic of the bag: expected, so not logged.
+        quiet = PublisherEventCallbacks(incompatible_qos=lambda _e: None)
         self.publishers = {}
         for t in self.topics:
-            self.publishers[t] = node.create_publisher(message_class(avail[t][0]), t, qos_from_bag(self.reader.qos(t)))
+            self.publishers[t] = node.create_publisher(message_class(avail[t][0]), t, qos_from_bag(self.reader.qos(t)),
+                                                       event_callbacks=quiet)
         self._clock_pub = None
         if clock:
             from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -109,6 +115,19 @@ class BagPlayer:
             if missing:
                 time.sleep(0.05)
         return missing
+
+    def prime(self, topics: Iterable[str]) -> list[str]:
+        """Publish the first recorded message of each of ``topics`` now (e.g. every ``camera_info``, as a driver
+        with latched calibration would), so a subscriber has it before the first image; returns those sent."""
+        want = [t for t in topics if t in self.publishers]
+        sent: set[str] = set()
+        for conn, _, raw in self.reader.raw_messages(want):
+            if conn.topic not in sent:
+                self.publishers[conn.topic].publish(bytes(raw))
+                sent.add(conn.topic)
+            if len(sent) == len(want):
+                break
+        return sorted(sent)
 
     def publish_clock(self, bag_ns: int) -> None:
         if self._clock_pub is not None:

@@ -366,16 +366,16 @@ def _write(opt: Options, nusc, plan, out: Path, plugin, counts: dict) -> None:
                     ch, d = payload
                     path = Path(opt.dataroot) / d["filename"]
                     jpeg = path.read_bytes()
+                    # CameraInfo first: a subscriber has the intrinsics when the image arrives.
+                    K = np.asarray(static[ch][1], dtype=np.float64).reshape(3, 3)
+                    write(f"/{ch}/camera_info", "sensor_msgs/msg/CameraInfo", t_ns,
+                          m.camera_info(t_ns, ch, K, d["width"], d["height"]))
                     if want_comp:
                         write(f"/{ch}/image/compressed", "sensor_msgs/msg/CompressedImage", t_ns,
                               m.compressed_image(t_ns, ch, jpeg))
                     if want_raw:
-
                         write(f"/{ch}/image", "sensor_msgs/msg/Image", t_ns,
                               m.raw_image(t_ns, ch, decode_compressed(jpeg)))
-                    K = np.asarray(static[ch][1], dtype=np.float64).reshape(3, 3)
-                    write(f"/{ch}/camera_info", "sensor_msgs/msg/CameraInfo", t_ns,
-                          m.camera_info(t_ns, ch, K, d["width"], d["height"]))
                 elif kind == "gt":
                     s, sd = payload
                     ep = nusc.get("ego_pose", sd["ego_pose_token"])
