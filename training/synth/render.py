@@ -232,6 +232,7 @@ def _draw_actors(cam: CameraSpec, look: SceneLook, boxes: np.ndarray, parts: lis
     n_ego = normal @ cam.cam2ego[:3, :3].T  # camera -> ego directions
     shade = look.ambient + (1 - look.ambient) * np.clip(n_ego @ look.sun_dir, 0.0, None)  # (M, 6)
 
+    bg_depth = depth.copy()
     scratch = np.zeros((H, W), dtype=np.uint8)
     for actor in np.unique(owner[np.any(todo, axis=1)]):
         bbox = [W, H, -1, -1]
@@ -249,8 +250,6 @@ def _draw_actors(cam: CameraSpec, look: SceneLook, boxes: np.ndarray, parts: lis
                     continue
                 x0, y0, mask = r
                 h, w = mask.shape
-                scratch[y0:y0 + h, x0:x0 + w] |= mask
-                bbox = [min(bbox[0], x0), min(bbox[1], y0), max(bbox[2], x0 + w), max(bbox[3], y0 + h)]
                 ys, xs = np.nonzero(mask)
                 if len(ys) == 0:
                     continue
@@ -260,7 +259,10 @@ def _draw_actors(cam: CameraSpec, look: SceneLook, boxes: np.ndarray, parts: lis
                 ray = rays[ys, xs]
                 denom = ray @ n
                 z = np.float32(n @ fv[m, f, 0]) / np.where(np.abs(denom) < 1e-9, 1e-9, denom)
-                win = (z > 0) & (z < depth[ys, xs])
+                unoccluded = (z > 0) & (z < bg_depth[ys, xs])  # in front of sky/ground: its full footprint
+                scratch[ys[unoccluded], xs[unoccluded]] = 1
+                bbox = [min(bbox[0], x0), min(bbox[1], y0), max(bbox[2], x0 + w), max(bbox[3], y0 + h)]
+                win = unoccluded & (z < depth[ys, xs])
                 if not np.any(win):
                     continue
                 ys, xs, z, ray = ys[win], xs[win], z[win], ray[win]
