@@ -309,25 +309,22 @@ def match_frames(gt: list[BoxFrame], frames: list[BoxFrame], tol_ns: int) -> dic
 
 
 def results_json(gt: list[BoxFrame], matched: dict[int, BoxFrame], traj: Trajectory) -> dict:
-    """nuScenes results (global frame) for every key frame of the bag (empty list where nothing matched)."""
-    from labeldistill_training.eval.attributes import default_attribute
+    """nuScenes results (global frame) for every key frame of the bag (empty list where nothing matched).
 
-    results: dict[str, list] = {}
-    for k, g in enumerate(gt):
-        out: list[dict] = []
-        f = matched.get(k)
-        if f is not None and len(f.boxes):
-            keep = [i for i, n in enumerate(f.names) if n in CLASS_NAMES]
-            keep = sorted(keep, key=lambda i: -f.scores[i])[:MAX_BOXES]
-            ego2global = traj.at(f.stamp_ns)
-            for i, box in zip(keep, boxes_to_nuscenes(f.boxes[keep], ego2global)):
-                box.update(sample_token=g.sample_token, detection_name=f.names[i],
-                           detection_score=float(f.scores[i]),
-                           attribute_name=default_attribute(f.names[i], float(np.hypot(*box["velocity"]))))
-                out.append(box)
-        results[g.sample_token] = out
-    return {"meta": {"use_camera": True, "use_lidar": False, "use_radar": False, "use_map": False,
-                     "use_external": False}, "results": results}
+    A matched frame's boxes (base_link at the frame's stamp) go to the global frame with the recorded ego pose
+    at that stamp; boxes of unknown classes are dropped and at most 500 (the highest scores) kept per sample.
+    """
+    from labeldistill_training.eval.results import SampleDetections, detections_to_results
+
+    dets = []
+    for k, f in sorted(matched.items()):
+        keep = [i for i, n in enumerate(f.names) if n in CLASS_NAMES]
+        keep = sorted(keep, key=lambda i: -f.scores[i])[:MAX_BOXES]
+        dets.append(SampleDetections(
+            sample_token=gt[k].sample_token, boxes=f.boxes[keep].reshape(-1, 9), scores=f.scores[keep],
+            labels=np.array([CLASS_NAMES.index(f.names[i]) for i in keep], dtype=np.int64),
+            ego2global=traj.at(f.stamp_ns)))
+    return detections_to_results(dets, sample_tokens=[g.sample_token for g in gt])
 
 
 def detection_eval(dataroot: str, version: str, result_path: str, sample_tokens: list[str], out_dir: str,
@@ -358,6 +355,22 @@ def detection_eval(dataroot: str, version: str, result_path: str, sample_tokens:
         ev.sample_tokens = ev.gt_boxes.sample_tokens
         metrics, _ = ev.evaluate()
     return metrics.serialize()
+
+
+def _validate(results: dict, dataroot: str, version: str, tokens: list[str]) -> str:
+    """The training side's results checks (structure, global frame, [w, l, h] order): 'ok' or the problem
+    (reported, not fatal: an untrained model may legitimately trip the size-order heuristic)."""
+    from nuscenes import NuScenes
+
+    from labeldistill_training.eval.evaluate import lidar_ego_xy
+    from labeldistill_training.eval.results import ResultsValidationError, validate_results
+
+    nusc = NuScenes(version=version, dataroot=dataroot, verbose=False)
+    try:
+        validate_results(results, ego_xy=lidar_ego_xy(nusc, tokens))
+    except ResultsValidationError as exc:
+        return f"warning: {exc}"
+    return "ok"
 
 
 def latency_stats(lat_ms: list[float]) -> dict:
@@ -415,6 +428,7 @@ def score(bag: str | Path, run: Run, dataroot: str, version: str, out_dir: str |
     try:
         rp = tmp / "results_nusc.json"
         rp.write_text(json.dumps(res))
+        validation = _validate(res, dataroot, version, [g.sample_token for g in gt])
         metrics = detection_eval(dataroot, version, str(rp), [g.sample_token for g in gt], str(tmp / "devkit"))
         shutil.rmtree(tmp / "devkit", ignore_errors=True)
         n_key = len(gt)
@@ -425,7 +439,7 @@ def score(bag: str | Path, run: Run, dataroot: str, version: str, out_dir: str |
             "mAP": metrics["mean_ap"], "NDS": metrics["nd_score"],
             "tp_errors": metrics["tp_errors"], "class_ap": {k: float(v) for k, v in metrics["mean_dist_aps"].items()},
             "latency_ms": latency_stats(run.latency_ms), "boxes": int(sum(len(f.boxes) for f in run.frames)),
-            "info": run.info,
+            "validation": validation, "info": run.info,
         }
         (tmp / "bag_eval.json").write_text(json.dumps(report, indent=2))
         if bev:
