@@ -49,6 +49,9 @@ setup(
         "console_scripts": [
             "detector_node = labeldistill_ros.node.detector_node:main",
             "labeldistill-synth = labeldistill_training.synth.cli:main",
+            "labeldistill-nusc2bag = labeldistill_training.tools.nusc2bag:main",
+            "labeldistill-bag-eval = labeldistill_training.tools.bag_eval:main",
+            "labeldistill-bag-play = labeldistill_ros.bag.player:main",
         ],
     },
 )
