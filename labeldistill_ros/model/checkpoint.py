@@ -1,0 +1,137 @@
+"""Student checkpoints: weights + the model config + class names + a format version, in one ``torch.save`` file.
+
+Layout (a plain dict, readable with ``torch.load(..., weights_only=True)``)::
+
+    {"format_version": 1, "model_config": {...plain dict...}, "class_names": [...], "state_dict": {...},
+     "extra": {...}}   # extra: free for the trainer (epoch, metrics, EMA flag, ...), weights_only-safe values
+
+Loading never unpickles arbitrary objects, and every mismatch (file, format, config, classes, tensor shapes)
+raises :class:`CheckpointError` naming what differs.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ConfigError, ModelConfig, model_config_from_dict, model_config_to_dict
+from .student import StudentDetector
+
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("format_version", "model_config", "class_names", "state_dict")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used: unreadable, not a student checkpoint, or not matching the expected model."""
+
+
+def save_checkpoint(path: str | Path, model: StudentDetector, extra: dict[str, Any] | None = None) -> None:
+    """Write ``model`` (weights + config + class names) to ``path`` atomically (temporary file + rename)."""
+    path = Path(path)
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "model_config": model_config_to_dict(model.cfg),
+        "class_names": list(model.cfg.class_names),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "extra": dict(extra or {}),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and check a checkpoint's payload; ``payload["model_config"]`` is returned as a validated
+    :class:`ModelConfig`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint file at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... depending on the damage
+        raise CheckpointError(
+            f"{path} is not a readable torch checkpoint (truncated, corrupted or not saved with torch.save): "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from e
+    if not isinstance(payload, dict) or any(k not in payload for k in REQUIRED_KEYS):
+        have = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
+        missing = [k for k in REQUIRED_KEYS if not isinstance(payload, dict) or k not in payload]
+        raise CheckpointError(
+            f"{path} is not a labeldistill_ros student checkpoint: missing {missing} (found {have}); "
+            f"write checkpoints with labeldistill_ros.model.save_checkpoint"
+        )
+    if payload["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format_version {payload['format_version']!r}, this code reads version {FORMAT_VERSION}"
+        )
+    try:
+        cfg = model_config_from_dict(payload["model_config"], source=f"{path} (model_config)")
+    except ConfigError as e:
+        raise CheckpointError(f"the model config stored in the checkpoint is invalid: {e}") from e
+    if list(payload["class_names"]) != list(cfg.class_names):
+        raise CheckpointError(
+            f"{path}: class_names {list(payload['class_names'])} differ from its model config's "
+            f"{list(cfg.class_names)}"
+        )
+    return {**payload, "model_config": cfg}
+
+
+def config_differences(expected: ModelConfig, found: ModelConfig) -> list[str]:
+    """Human-readable ``key: checkpoint X, expected Y`` lines for every differing setting (empty if equal)."""
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[prefix + k] = v
+        return out
+
+    a, b = flat(model_config_to_dict(found)), flat(model_config_to_dict(expected))
+    return [f"{k}: checkpoint {a.get(k)!r}, expected {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def load_checkpoint(
+    path: str | Path,
+    expected_config: ModelConfig | None = None,
+    map_location: str | torch.device = "cpu",
+    cache_size: int = 4,
+) -> StudentDetector:
+    """Build the student from a checkpoint's own config and load its weights (strict), in eval mode.
+
+    ``expected_config``: when given (e.g. the node's configured model), any difference to the checkpoint's
+    config is an error listing the differing keys (the name is ignored).
+    """
+    payload = read_checkpoint(path)
+    cfg: ModelConfig = payload["model_config"]
+    if expected_config is not None:
+        diffs = [d for d in config_differences(expected_config, cfg) if not d.startswith("name:")]
+        if diffs:
+            raise CheckpointError(f"{path}: the checkpoint's model config differs from the expected one: "
+                                  + "; ".join(diffs))
+    model = StudentDetector.from_config(cfg, cache_size=cache_size)
+    load_state_dict_checked(model, payload["state_dict"], str(path))
+    return model.to(map_location).eval()
+
+
+def load_state_dict_checked(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict(strict=True)`` with an error that lists missing/unexpected keys and shape mismatches."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)}, model {tuple(v.shape)}"
+              for k, v in own.items() if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''} ({len(missing)})")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)})")
+    if shapes:
+        problems.append(f"shape mismatches: {'; '.join(shapes[:5])}{' ...' if len(shapes) > 5 else ''}")
+    if problems:
+        raise CheckpointError(f"{source}: weights do not fit the model: " + " | ".join(problems))
+    model.load_state_dict(state_dict, strict=True)
