@@ -5,6 +5,8 @@ Layout (a plain dict, readable with ``torch.load(..., weights_only=True)``)::
     {"format_version": 1, "model_config": {...plain dict...}, "class_names": [...], "state_dict": {...},
      "extra": {...}}   # extra: free for the trainer (epoch, metrics, EMA flag, ...), weights_only-safe values
 
+Other keys are allowed and ignored (the trainer adds its own); an optional ``kind`` must be ``"student"``.
+
 Loading never unpickles arbitrary objects, and every mismatch (file, format, config, classes, tensor shapes)
 raises :class:`CheckpointError` naming what differs.
 """
@@ -63,6 +65,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path} is not a labeldistill_ros student checkpoint: missing {missing} (found {have}); "
             f"write checkpoints with labeldistill_ros.model.save_checkpoint"
         )
+    if payload.get("kind", "student") != "student":
+        raise CheckpointError(f"{path} holds a '{payload['kind']}' checkpoint, not the camera student's")
     if payload["format_version"] != FORMAT_VERSION:
         raise CheckpointError(
             f"{path} has format_version {payload['format_version']!r}, this code reads version {FORMAT_VERSION}"
