@@ -396,24 +396,35 @@ class BagReader:
             yield image_from_msg(cam, msg, comp)
 
     # -- boxes -------------------------------------------------------------------------------------------------
-    def ground_truth(self) -> list[BoxFrame]:
-        """Ground-truth frames (key frames) with sample token and velocities, in stamp order."""
+    def ground_truth(self, max_skew_ns: int = 200_000_000) -> list[BoxFrame]:
+        """Ground-truth frames (key frames) with sample token and velocities, in stamp order.
+
+        The token (std_msgs/String) and velocities (Float64MultiArray) have no header: each joins the
+        Detection3DArray nearest in receive time (equal in a bag from labeldistill-nusc2bag; within
+        ``max_skew_ns`` in a bag re-recorded from a replay with ``ros2 bag record``).
+        """
         if GT_DETECTIONS not in self._by_topic:
             raise BagError(f"{self.path}: no {GT_DETECTIONS} topic (not written by labeldistill-nusc2bag?)")
-        tokens: dict[int, str] = {}
-        vels: dict[int, np.ndarray] = {}
+        side: dict[str, tuple[list[int], list[Any]]] = {GT_SAMPLE_TOKEN: ([], []), GT_VELOCITIES: ([], [])}
         dets: list[tuple[int, Any]] = []
         for topic, t, msg in self.messages([GT_DETECTIONS, GT_SAMPLE_TOKEN, GT_VELOCITIES]):
-            if topic == GT_SAMPLE_TOKEN:
-                tokens[t] = msg.data
-            elif topic == GT_VELOCITIES:
-                vels[t] = np.asarray(msg.data, dtype=np.float64).reshape(-1, 2)
-            else:
+            if topic == GT_DETECTIONS:
                 dets.append((t, msg))
+            else:
+                side[topic][0].append(t)
+                side[topic][1].append(msg.data if topic == GT_SAMPLE_TOKEN
+                                      else np.asarray(msg.data, dtype=np.float64).reshape(-1, 2))
+
+        def near(topic: str, t: int):
+            ts, vals = side[topic]
+            i = nearest_index(ts, t)
+            return vals[i] if i >= 0 and abs(ts[i] - t) <= max_skew_ns else None
+
         frames = []
         for t, msg in dets:
-            f = detections_from_msg(msg, vels.get(t))
-            f.sample_token = tokens.get(t, "")
+            v = near(GT_VELOCITIES, t)
+            f = detections_from_msg(msg, v if v is not None and len(v) == len(msg.detections) else None)
+            f.sample_token = near(GT_SAMPLE_TOKEN, t) or ""
             f.receive_ns = t
             frames.append(f)
         frames.sort(key=lambda f: f.stamp_ns)

@@ -421,6 +421,9 @@ def score(bag: str | Path, run: Run, dataroot: str, version: str, out_dir: str |
         traj = r.trajectory()
     if not gt:
         raise BagError(f"{bag}: no ground-truth key frames")
+    if not all(g.sample_token for g in gt):
+        raise BagError(f"{bag}: ground-truth frames without a sample token: record /ground_truth/sample_token "
+                       f"together with /ground_truth/detections")
     matched = match_frames(gt, run.frames, int(match_tol_ms * 1e6))
     res = results_json(gt, matched, traj)
     out_dir = Path(out_dir)
