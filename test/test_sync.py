@@ -84,6 +84,35 @@ def test_a_stopped_camera_is_skipped_after_the_timeout_under_skip_camera():
     assert c.poll(11.5) == [] and c.counters.incomplete_sets == 1
 
 
+def test_a_stale_camera_is_not_waited_for_under_skip_camera():
+    """Camera 5 dies after frame 0 (frames every 83 ms): sets wait for it only until it is silent for timeout_s."""
+    c = SetCollector(6, slop_s=0.06, timeout_s=0.3, policy="skip_camera", min_cameras=3)
+    rx = lambda k: 10.0 + 0.083 * k  # noqa: E731
+    assert len(feed(c, 0, recv=rx(0))) == 1
+    for k in (1, 2, 3):  # camera 5 may still come: these sets wait
+        assert feed(c, k, cams=[0, 1, 2, 3, 4], recv=rx(k)) == [] and c.poll(rx(k)) == []
+    out = feed(c, 4, cams=[0, 1, 2, 3, 4], recv=rx(4))  # silent for 0.33 s > timeout: stale, not waited for
+    assert len(out) == 1 and out[0].present == [0, 1, 2, 3, 4] and out[0].items[0] == "f4c0"
+    assert c.counters.partial_sets == 1 and c.counters.incomplete_sets == 3 and c.open_sets == 0
+    out = feed(c, 5, cams=[0, 1, 2, 3, 4], recv=rx(5))
+    assert len(out) == 1 and c.counters.partial_sets == 2
+    # It comes back: in its first frame the others arrive before it (still stale: that set runs without it and
+    # its image is late); from the next frame on it is waited for again.
+    assert len(feed(c, 6, recv=rx(6))) == 1 and c.counters.late_images == 1
+    assert len(feed(c, 7, recv=rx(7))) == 1 and c.counters.complete_sets == 2
+    # drop_set never runs partial sets
+    d = SetCollector(6, slop_s=0.06, timeout_s=0.3, policy="drop_set")
+    feed(d, 0, recv=rx(0))
+    assert feed(d, 4, cams=[0, 1, 2, 3, 4], recv=rx(4)) == [] and d.open_sets == 1
+
+
+def test_cameras_not_yet_seen_are_waited_for_after_start_up():
+    c = SetCollector(6, slop_s=0.06, timeout_s=0.3, policy="skip_camera", min_cameras=3)
+    assert feed(c, 0, cams=[0, 1, 2, 3], recv=10.0) == []  # 4 and 5 never seen yet: wait
+    assert len(c.poll(10.31)) == 1
+    assert len(feed(c, 1, cams=[0, 1, 2, 3], recv=10.35)) == 1  # now they count as stale
+
+
 def test_a_camera_that_comes_back_after_its_set_closed_is_late_not_a_new_set():
     c = SetCollector(6, slop_s=0.06, timeout_s=0.3, policy="skip_camera")
     feed(c, 0, cams=[0, 1, 2, 3, 4], recv=10.0)

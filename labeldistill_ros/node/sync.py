@@ -10,6 +10,8 @@ This collector is what mature multi-camera nodes converged to:
 * an open set older than ``timeout_s`` (receive time, monotonic seconds) is closed: dropped
   (``policy='drop_set'``) or emitted as a **partial** set with the cameras present (``policy='skip_camera'``,
   at least ``min_cameras``);
+* under ``skip_camera``, a camera that delivered nothing for ``timeout_s`` is *stale*: sets no longer wait for
+  it and are emitted as soon as every live camera is in (a dead camera costs one timeout, not one per set);
 * an image that belongs to an already closed set (its stamp is not newer than the last closed set) is *late*;
 * a stamp going backwards by more than ``slop_s`` on a camera (bag loop, replay restart) **resets** everything.
 
@@ -92,6 +94,8 @@ class SetCollector:
         self._open: list[_Open] = []
         self._last_closed: _Closed | None = None
         self._last_stamp: list[int | None] = [None] * num_cameras
+        self._last_rx: list[float | None] = [None] * num_cameras  # receive time of each camera's latest image
+        self._first_rx: float | None = None  # receive time of the first image since start-up or reset
         self.reset_pending = False  # set on a reset; the owner clears it after acting (e.g. clearing TF)
 
     # -- public -------------------------------------------------------------------------------------------------
@@ -104,6 +108,9 @@ class SetCollector:
         if last is not None and stamp_ns < last - self.slop_ns:
             self.reset()
         self._last_stamp[cam] = stamp_ns if last is None else max(last, stamp_ns)
+        self._last_rx[cam] = receive_s
+        if self._first_rx is None:
+            self._first_rx = receive_s
 
         if self._is_late(cam, stamp_ns):
             self.counters.late_images += 1
@@ -127,6 +134,10 @@ class SetCollector:
             self._close(target, emitted=True)
             out.append(CameraSet(target.items, target.stamps, target.first_receive_s, True))
             self.counters.complete_sets += 1
+        elif self.policy == "skip_camera" and self._live_present(target, receive_s):
+            for old in [s for s in self._open if s is not target and s.lo <= target.lo]:
+                self._close(old, emitted=False)
+            out += self._expire(target)
         while len(self._open) > self.max_open:  # bounded memory when a camera never arrives
             out += self._expire(self._open[0])
         return out
@@ -144,6 +155,8 @@ class SetCollector:
         self._open.clear()
         self._last_closed = None
         self._last_stamp = [None] * self.n
+        self._last_rx = [None] * self.n
+        self._first_rx = None
         self.counters.resets += 1
         self.reset_pending = True
 
@@ -152,6 +165,18 @@ class SetCollector:
         return len(self._open)
 
     # -- internals ----------------------------------------------------------------------------------------------
+    def _live_present(self, s: _Open, now_s: float) -> bool:
+        """Every camera that delivered within ``timeout_s`` is in ``s``, and there are at least min_cameras."""
+        present = [x is not None for x in s.stamps]
+        if sum(present) < self.min_cameras:
+            return False
+        for c, rx in enumerate(self._last_rx):
+            # a camera never seen is waited for during the first timeout after start-up (or a reset)
+            seen = rx if rx is not None else self._first_rx
+            if not present[c] and now_s - seen <= self.timeout_s:
+                return False
+        return True
+
     def _is_late(self, cam: int, stamp: int) -> bool:
         c = self._last_closed
         if c is None:
