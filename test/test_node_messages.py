@@ -85,7 +85,7 @@ def test_label_info_maps_ids_to_class_names():
     ({"images": 60, "published": 10}, True, m.OK, "running"),
     ({"images": 60, "published": 10}, False, m.ERROR, "model not loaded"),
     ({"images": 60, "published": 10, "nonfinite": 3}, True, m.ERROR, "3 non-finite"),
-    ({"images": 60, "published": 10, "failures": 1, "tf_failures": 2}, True, m.ERROR, "processing failures"),
+    ({"images": 60, "published": 10, "failures": 1, "tf_failures": 2}, True, m.ERROR, "failures; 2 TF lookups"),
     ({"images": 60, "published": 0, "tf_failures": 2}, True, m.WARN, "2 TF lookups failed"),
     ({"images": 60, "published": 9, "input_errors": 1}, True, m.WARN, "bad input"),
     ({"images": 60, "published": 9, "dropped": 1}, True, m.WARN, "incomplete sets dropped"),

@@ -199,7 +199,8 @@ def diagnostic_level(window: Mapping[str, float], model_ready: bool) -> tuple[by
     ``failures`` (processing errors), ``tf_failures``, ``input_errors``, ``dropped`` (incomplete sets),
     ``partial`` (sets run without some cameras), ``late``, ``slow`` (sets above max_processing_time_ms),
     ``published`` and ``images``. ERROR: no model, non-finite outputs or processing errors. WARN: TF failures,
-    bad inputs, dropped/partial sets, slow processing, or images arriving but nothing published.
+    bad inputs, dropped/partial sets, slow processing, or images arriving but nothing published. The summary
+    lists every problem of the period (errors first).
     """
     g = lambda k: window.get(k, 0)  # noqa: E731
     if not model_ready:
@@ -209,16 +210,16 @@ def diagnostic_level(window: Mapping[str, float], model_ready: bool) -> tuple[by
         errors.append(f"{g('nonfinite'):.0f} non-finite model outputs dropped")
     if g("failures"):
         errors.append(f"{g('failures'):.0f} processing failures")
-    if errors:
-        return ERROR, "; ".join(errors)
     warns = []
     for key, text in (("tf_failures", "TF lookups failed"), ("input_errors", "bad input messages"),
                       ("calibration_errors", "bad CameraInfo"), ("dropped", "incomplete sets dropped"),
                       ("partial", "sets run without some cameras"), ("slow", "sets over max_processing_time_ms")):
         if g(key):
             warns.append(f"{g(key):.0f} {text}")
-    if g("images") and not g("published") and not warns:
+    if g("images") and not g("published") and not warns and not errors:
         warns.append("images arrive but no set was published")
+    if errors:
+        return ERROR, "; ".join(errors + warns)
     if warns:
         return WARN, "; ".join(warns)
     if not g("images"):
