@@ -1,0 +1,414 @@
+"""Typed training configuration (``config/train/*.yaml``), validated at load.
+
+One YAML file describes all three stages (``teacher``, ``label_encoder``, ``student``) of one experiment; the
+stage to run is chosen on the command line. Loading uses ``yaml.safe_load`` and checks every key: unknown keys
+(with a did-you-mean), wrong types and out-of-range values raise :class:`TrainConfigError` naming the key path,
+e.g. ``config/train/x.yaml: 'stages.student.lr' must be a number, got 'fast'``.
+
+Paths inside the file (``model_config``, ``data.dataroot``, ``trainer.work_dir``, checkpoints) are resolved
+relative to the current directory when they exist there, otherwise relative to the YAML file's directory's
+repository root (the parent of ``config/``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+METHODS = ("none", "labeldistill", "unidistill", "cmkd", "stereodistill")
+STAGES = ("teacher", "label_encoder", "student")
+
+
+class TrainConfigError(ValueError):
+    """A training configuration is invalid; the message names the offending key."""
+
+
+@dataclass
+class LoaderConfig:
+    """Batching. ``batch_size`` is per process (total = batch_size x world size). ``max_train_samples`` /
+    ``max_val_samples`` cap the splits (tests, benchmarks); null = all."""
+
+    batch_size: int = 4
+    num_workers: int = 4
+    max_train_samples: Optional[int] = None
+    max_val_samples: Optional[int] = None
+
+
+@dataclass
+class TeacherConfig:
+    """LiDAR teacher (methods.md §2.2). Deviation (switch ``encoder``): plain-torch dynamic ``pillar`` or
+    ``voxel`` encoder + dense strided convs instead of the 0.1 m spconv SparseEncoder."""
+
+    encoder: str = "pillar"
+    point_range: tuple[float, ...] = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0)
+    pillar_size: tuple[float, ...] = (0.2, 0.2)
+    point_features: int = 5
+    pillar_channels: int = 64
+    z_bins: int = 8
+    downsample_channels: tuple[int, ...] = ()
+    encoder_channels: int = 256
+    backbone_channels: tuple[int, ...] = (128, 256)
+    backbone_layers: tuple[int, ...] = (5, 5)
+    neck_channels: tuple[int, ...] = (256, 256)
+    head_share_channels: int = 64
+    head_conv_channels: int = 64
+    code_weights: tuple[float, ...] = (1.0,) * 8 + (0.2, 0.2)
+
+
+@dataclass
+class LabelEncoderConfig:
+    """LabelDistill label encoder (methods.md §2.3)."""
+
+    hidden: int = 256
+    footprint_scale: float = 0.5
+    code_weights: tuple[float, ...] = (1.0,) * 8 + (0.5, 0.5)
+
+
+@dataclass
+class StudentConfig:
+    """Camera student training losses. ``code_weights`` (4key: all 1.0; BEVDepth base: vel 0.5)."""
+
+    code_weights: tuple[float, ...] = (1.0,) * 10
+    depth_loss_weight: float = 3.0
+    backbone_lr_mult: float = 0.5
+
+
+@dataclass
+class LabelDistillConfig:
+    """methods.md §2.5-2.6. ``partition``: channel shares of the label and LiDAR parts (thirds)."""
+
+    lidar_feat_weight: float = 0.3
+    label_feat_weight: float = 0.3
+    response_weight: float = 1.0
+    response_code_weights: tuple[float, ...] = (1.0,) * 10
+    response_hm_mode: str = "literal"
+    partition: tuple[float, ...] = (1 / 3, 1 / 3)
+
+
+@dataclass
+class UniDistillConfig:
+    """methods.md §3.3-3.4. ``transpose_bug`` reproduces the reference's swapped grid_sample axes (default off).
+    Deviation: a 1x1 conv adapts the student's BEV input channels to the teacher's encoder channels for the
+    feature loss (the reference's channels match by construction)."""
+
+    feature_weight: float = 100.0
+    relation_weight: float = 40.0
+    response_weight: float = 10.0
+    teacher_temperature: float = 2.0
+    transpose_bug: bool = False
+
+
+@dataclass
+class CMKDConfig:
+    """methods.md §4.3 (CMKD-MV). ``unlabeled_fraction``: share of training samples whose labels are withheld
+    (they train from the teacher alone). Deviation: a 1x1 conv adapts the student BEV input to the teacher's
+    encoder channels; the reference QFL quirk (raw logits in the modulating factor) is off by default."""
+
+    bev_weight: float = 50.0
+    cls_weight: float = 0.2
+    reg_weight: float = 50.0
+    bev_mask: str = "none"
+    qfl_raw_logit_quirk: bool = False
+    reg_weight_mode: str = "sigmoid_sum_logits"
+    unlabeled_fraction: float = 0.0
+
+
+@dataclass
+class StereoDistillConfig:
+    """methods.md §5, reconstructed (no public code): all constants are this project's choices."""
+
+    xgd_weight: float = 1.0
+    cld_weight: float = 1.0
+    feature_weight: float = 1.0
+    iou_thresh: float = 0.7
+    vel_thresh: float = 1.0
+    temperature: float = 1.0
+
+
+@dataclass
+class DistillConfig:
+    """``method``: none | labeldistill | unidistill | cmkd | stereodistill (the student stage only)."""
+
+    method: str = "labeldistill"
+    labeldistill: LabelDistillConfig = field(default_factory=LabelDistillConfig)
+    unidistill: UniDistillConfig = field(default_factory=UniDistillConfig)
+    cmkd: CMKDConfig = field(default_factory=CMKDConfig)
+    stereodistill: StereoDistillConfig = field(default_factory=StereoDistillConfig)
+
+
+@dataclass
+class StageConfig:
+    """Optimisation of one stage: AdamW(lr, weight_decay), MultiStepLR(milestones, gamma) stepped per epoch,
+    ``lr`` applies at ``base_batch_size`` total batch and is scaled linearly with the real total batch
+    (null = no scaling). ``grad_clip``: max grad norm (null = off). ``amp``: fp16 autocast on CUDA only.
+    ``max_iters_per_epoch``: cap for tests and benchmarks (null = the whole split).
+    ``init_checkpoint``: optional weights to start from; ``teacher_checkpoint`` / ``label_encoder_checkpoint``:
+    the frozen inputs of later stages (default: the earlier stages' ``final.pt`` under ``trainer.work_dir``)."""
+
+    epochs: int = 24
+    lr: float = 2e-4
+    weight_decay: float = 1e-7
+    milestones: tuple[int, ...] = (19, 23)
+    gamma: float = 0.1
+    base_batch_size: Optional[int] = None
+    grad_clip: Optional[float] = 5.0
+    amp: bool = True
+    ema: bool = True
+    max_iters_per_epoch: Optional[int] = None
+    init_checkpoint: Optional[str] = None
+    teacher_checkpoint: Optional[str] = None
+    label_encoder_checkpoint: Optional[str] = None
+
+
+def _default_stages() -> dict:
+    return {
+        "teacher": StageConfig(epochs=20, lr=1e-4, weight_decay=1e-2, milestones=(16, 19), grad_clip=35.0),
+        "label_encoder": StageConfig(epochs=12, lr=1e-3, weight_decay=1e-7, milestones=(10, 11), grad_clip=None),
+        "student": StageConfig(epochs=24, lr=4e-4, weight_decay=1e-2, milestones=(19, 23), grad_clip=5.0,
+                               base_batch_size=16),
+    }
+
+
+@dataclass
+class StagesConfig:
+    teacher: StageConfig = field(default_factory=lambda: _default_stages()["teacher"])
+    label_encoder: StageConfig = field(default_factory=lambda: _default_stages()["label_encoder"])
+    student: StageConfig = field(default_factory=lambda: _default_stages()["student"])
+
+
+@dataclass
+class TrainerConfig:
+    """``work_dir``: outputs (``<work_dir>/<stage>/``). ``ema_decay`` 0.999 with BEVDepth's ramp
+    ``decay * (1 - exp(-updates / ema_ramp))``. ``frozen_bn``: ``eval`` (recommended, running statistics) or
+    ``train`` (what the reference most likely did: batch statistics, no parameter updates). ``eval_at_end``:
+    DetectionEval on the val split after the last epoch. ``progress``: tqdm bars."""
+
+    work_dir: str = "work_dirs/labeldistill"
+    seed: int = 0
+    ema_decay: float = 0.999
+    ema_ramp: float = 2000.0
+    frozen_bn: str = "eval"
+    log_interval: int = 10
+    eval_at_end: bool = True
+    progress: bool = True
+    deterministic: bool = False
+
+
+@dataclass
+class TrainConfig:
+    model_config: str
+    data: dict = field(default_factory=dict)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    label_encoder: LabelEncoderConfig = field(default_factory=LabelEncoderConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    stages: StagesConfig = field(default_factory=StagesConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    source: str = "<dict>"  # set by the loader (not a YAML key)
+
+    def stage(self, name: str) -> StageConfig:
+        if name not in STAGES:
+            raise TrainConfigError(f"unknown stage {name!r}; use one of {', '.join(STAGES)}")
+        return getattr(self.stages, name)
+
+
+# ------------------------------------------------------------------------------------------------------ loading
+def load_train_config(path: str | Path, overrides: Optional[dict] = None) -> TrainConfig:
+    """Read, merge ``overrides`` (nested dict, e.g. ``{"distill": {"method": "cmkd"}}``) and validate."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise TrainConfigError(f"cannot read training config {path}: {e}") from e
+    except yaml.YAMLError as e:
+        raise TrainConfigError(f"{path}: not valid YAML: {e}") from e
+    if data is None:
+        data = {}
+    if overrides:
+        data = merge(data, overrides)
+    return train_config_from_dict(data, source=str(path))
+
+
+def merge(base: dict, over: dict) -> dict:
+    """Recursive dict merge (``over`` wins); returns a new dict."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def train_config_from_dict(data: Any, source: str = "<dict>") -> TrainConfig:
+    if not isinstance(data, dict):
+        raise TrainConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
+    data = {k: v for k, v in data.items() if k != "source"}
+    stages = data.get("stages")
+    if isinstance(stages, dict):  # a partial stage section overrides that stage's reference defaults
+        defaults = _default_stages()
+        data["stages"] = {k: (merge(dataclasses.asdict(defaults[k]), v) if k in defaults and isinstance(v, dict)
+                              else v) for k, v in stages.items()}
+    cfg = _build(TrainConfig, data, source, "")
+    cfg.source = source
+    _validate(cfg, source)
+    return cfg
+
+
+def config_to_dict(cfg) -> dict:
+    """Plain data (lists, dicts) that :func:`train_config_from_dict` reads back to an equal config."""
+
+    def plain(v):
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    d = plain(dataclasses.asdict(cfg))
+    d.pop("source", None)
+    return d
+
+
+def resolve_path(cfg: TrainConfig, p: str | None) -> Path | None:
+    """Resolve a path from the config: as given if it exists (or is absolute), else relative to the repository
+    root that holds the config file (``<root>/config/train/x.yaml``), else relative to the current directory."""
+    if p is None:
+        return None
+    path = Path(p).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    src = Path(cfg.source)
+    if src.parent.name == "train" and src.parent.parent.name == "config":
+        cand = src.parent.parent.parent / path
+        if cand.exists():
+            return cand
+    return path
+
+
+def _build(cls, data: dict, source: str, prefix: str):
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            raise TrainConfigError(f"{source}: unknown key '{prefix}{key}'{hint} (valid here: {', '.join(fields)})")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise TrainConfigError(f"{source}: missing required key '{prefix}{name}'")
+            continue
+        kwargs[name] = _coerce(data[name], hints[name], source, prefix + name)
+    return cls(**kwargs)
+
+
+def _coerce(value, tp, source: str, key: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union and type(None) in args:
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)][0]
+        return _coerce(value, inner, source, key)
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise TrainConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise TrainConfigError(f"{source}: '{key}' must be a mapping of {tp.__name__} settings, got {value!r}")
+        return _build(tp, value, source, key + ".")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise TrainConfigError(f"{source}: '{key}' must be a list, got {value!r}")
+        return tuple(_coerce(v, args[0], source, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise TrainConfigError(f"{source}: '{key}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TrainConfigError(f"{source}: '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TrainConfigError(f"{source}: '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise TrainConfigError(f"{source}: '{key}' must be a string, got {value!r}")
+        return value
+    raise TrainConfigError(f"{source}: '{key}': unsupported type {tp}")  # pragma: no cover
+
+
+def _check(ok: bool, source: str, msg: str) -> None:
+    if not ok:
+        raise TrainConfigError(f"{source}: {msg}")
+
+
+def _validate(cfg: TrainConfig, src: str) -> None:
+    ld = cfg.loader
+    _check(ld.batch_size >= 1, src, f"'loader.batch_size' must be >= 1, got {ld.batch_size}")
+    _check(ld.num_workers >= 0, src, f"'loader.num_workers' must be >= 0, got {ld.num_workers}")
+    for k in ("max_train_samples", "max_val_samples"):
+        _check(getattr(ld, k) is None or getattr(ld, k) >= 1, src, f"'loader.{k}' must be >= 1 or null")
+    if cfg.data:
+        try:
+            from labeldistill_training.data.config import load_data_config
+        except ImportError:  # pragma: no cover - the pipeline ships with this package
+            load_data_config = None
+        if load_data_config is not None:
+            try:
+                load_data_config(cfg.data)
+            except (TypeError, ValueError) as e:
+                raise TrainConfigError(f"{src}: 'data' section: {e}") from e
+    t = cfg.teacher
+    _check(t.encoder in ("pillar", "voxel"), src, f"'teacher.encoder' must be pillar or voxel, got {t.encoder!r}")
+    _check(len(t.point_range) == 6 and all(t.point_range[i] < t.point_range[i + 3] for i in range(3)), src,
+           f"'teacher.point_range' must be [xmin, ymin, zmin, xmax, ymax, zmax], got {list(t.point_range)}")
+    _check(len(t.pillar_size) == 2 and min(t.pillar_size) > 0, src,
+           f"'teacher.pillar_size' must be [dx, dy] > 0 metres, got {list(t.pillar_size)}")
+    _check(len(t.backbone_channels) == 2 and len(t.backbone_layers) == 2 and len(t.neck_channels) == 2, src,
+           "'teacher.backbone_channels', 'teacher.backbone_layers' and 'teacher.neck_channels' need 2 entries")
+    for name in ("code_weights",):
+        for sec, obj in (("teacher", t), ("label_encoder", cfg.label_encoder), ("student", cfg.student)):
+            _check(len(getattr(obj, name)) == 10, src, f"'{sec}.{name}' needs 10 values, got {len(getattr(obj, name))}")
+    _check(len(cfg.distill.labeldistill.response_code_weights) == 10, src,
+           "'distill.labeldistill.response_code_weights' needs 10 values")
+    _check(0 < cfg.label_encoder.footprint_scale <= 1, src, "'label_encoder.footprint_scale' must be in (0, 1]")
+    m = cfg.distill.method
+    close = difflib.get_close_matches(m, METHODS, n=1)
+    _check(m in METHODS, src, f"'distill.method' = {m!r} is not one of {', '.join(METHODS)}"
+           + (f"; did you mean {close[0]!r}?" if close else ""))
+    ld = cfg.distill.labeldistill
+    _check(len(ld.partition) == 2 and all(0 < p < 1 for p in ld.partition) and sum(ld.partition) < 1, src,
+           f"'distill.labeldistill.partition' must be two shares in (0, 1) summing below 1, got {list(ld.partition)}")
+    _check(ld.response_hm_mode in ("literal", "teacher_pos"), src,
+           "'distill.labeldistill.response_hm_mode' must be literal or teacher_pos")
+    ck = cfg.distill.cmkd
+    _check(ck.bev_mask in ("none", "nonzero", "gt"), src, "'distill.cmkd.bev_mask' must be none, nonzero or gt")
+    _check(ck.reg_weight_mode in ("sigmoid_sum_logits", "sum_probs"), src,
+           "'distill.cmkd.reg_weight_mode' must be sigmoid_sum_logits or sum_probs")
+    _check(0.0 <= ck.unlabeled_fraction < 1.0, src, "'distill.cmkd.unlabeled_fraction' must be in [0, 1)")
+    for name in STAGES:
+        s = cfg.stage(name)
+        k = f"stages.{name}"
+        _check(s.epochs >= 1, src, f"'{k}.epochs' must be >= 1, got {s.epochs}")
+        _check(s.lr > 0, src, f"'{k}.lr' must be > 0, got {s.lr}")
+        _check(s.weight_decay >= 0, src, f"'{k}.weight_decay' must be >= 0")
+        _check(list(s.milestones) == sorted(s.milestones) and all(m >= 1 for m in s.milestones), src,
+               f"'{k}.milestones' must be increasing epoch numbers >= 1, got {list(s.milestones)}")
+        _check(s.grad_clip is None or s.grad_clip > 0, src, f"'{k}.grad_clip' must be > 0 or null")
+        _check(s.max_iters_per_epoch is None or s.max_iters_per_epoch >= 1, src,
+               f"'{k}.max_iters_per_epoch' must be >= 1 or null")
+        _check(s.base_batch_size is None or s.base_batch_size >= 1, src, f"'{k}.base_batch_size' must be >= 1")
+    tr = cfg.trainer
+    _check(0 <= tr.ema_decay < 1, src, f"'trainer.ema_decay' must be in [0, 1), got {tr.ema_decay}")
+    _check(tr.ema_ramp >= 0, src, "'trainer.ema_ramp' must be >= 0")
+    _check(tr.frozen_bn in ("eval", "train"), src, f"'trainer.frozen_bn' must be eval or train, got {tr.frozen_bn!r}")
+    _check(tr.log_interval >= 1, src, "'trainer.log_interval' must be >= 1")

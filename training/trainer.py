@@ -1,0 +1,868 @@
+"""One trainer for the three LabelDistill stages: ``teacher``, ``label_encoder`` and ``student``.
+
+Data flows config -> data -> model -> loss -> trainer:
+
+* ``teacher``: LiDAR points -> :class:`~labeldistill_training.models.teacher.LidarTeacher` -> CenterPoint loss.
+* ``label_encoder``: GT -> rasteriser -> :class:`~labeldistill_training.models.label_encoder.LabelEncoder`
+  -> frozen teacher neck + head (eval mode, no parameter gradients; gradients flow through to the encoder)
+  -> CenterPoint loss (methods.md §2.3).
+* ``student``: images + calibration -> :class:`labeldistill_ros.model.student.StudentDetector` -> GT detection
+  loss + BEVDepth depth loss + the distiller of ``distill.method`` against the frozen teacher and label encoder
+  (eval mode, ``requires_grad=False``, forward under ``no_grad``).
+
+Optimisation: AdamW, MultiStepLR stepped per epoch (lr scaled linearly with the total batch when the stage has a
+``base_batch_size``), gradient clipping, fp16 autocast + GradScaler on CUDA, EMA (BEVDepth's ramped decay).
+
+Outputs under ``<trainer.work_dir>/<stage>/``:
+
+* ``last.pt``: full training state after the last completed epoch (model, EMA, optimizer, scaler, epoch, step,
+  config, format version), written atomically (temp file + ``os.replace``) at the end of every epoch. A run
+  that finds it resumes at the next epoch, so a kill loses at most the current epoch.
+* ``epoch_NNN.pt``: the weights after epoch NNN (EMA weights when EMA is on), also atomic.
+* ``final.pt``: the deliverable weights (EMA when on) that later stages load: teacher, label encoder, or the
+  student (+ distiller adaptors).
+* ``log.csv`` (one row per ``log_interval`` steps and per epoch end) and ``loss_curves.png``.
+* ``metrics.json``: DetectionEval (mAP, NDS, ...) on the val split after the last epoch.
+
+Distributed: launched by ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` set) the trainer joins a process
+group (NCCL on CUDA, gloo on CPU), wraps the trainable stage module in DDP and shards the data with a
+``DistributedSampler``; rank 0 writes checkpoints, logs and metrics.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from labeldistill_training.config import STAGES, TrainConfig, config_to_dict, resolve_path
+from labeldistill_training.distill import build_distiller
+from labeldistill_training.losses.depth import DepthLoss
+from labeldistill_training.losses.detection import BevGrid, CenterPointLoss, CenterPointTargetAssigner
+from labeldistill_training.models.label_encoder import LabelEncoder, rasterize_batch
+from labeldistill_training.models.teacher import BevDownsampler, LidarTeacher, PillarEncoder, SECONDBackbone, SECONDFPN
+
+CHECKPOINT_FORMAT = 1
+"""Version of the checkpoint dictionaries written here; bumped on incompatible changes."""
+
+KILL_ENV = "LABELDISTILL_KILL_AT_STEP"
+"""Test hook: when set to N, the process SIGKILLs itself right after global step N (resume tests)."""
+
+
+# ================================================================================================================
+# Small utilities
+# ================================================================================================================
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to ``path`` atomically: write a temp file in the same folder, fsync, ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, expect_kind: Optional[str] = None) -> dict:
+    """Load a checkpoint written here with ``weights_only=True``; check format version and kind."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupted / truncated / not a torch file
+        raise RuntimeError(f"cannot read checkpoint {path}: {e}") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format_version") != CHECKPOINT_FORMAT:
+        got = ckpt.get("format_version") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise RuntimeError(f"{path}: checkpoint format {got!r}, this trainer reads format {CHECKPOINT_FORMAT}")
+    if expect_kind is not None and ckpt.get("kind") != expect_kind:
+        raise RuntimeError(f"{path}: holds a {ckpt.get('kind')!r} checkpoint, expected {expect_kind!r}")
+    return ckpt
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+class Frozen(nn.Module):
+    """A frozen sub-module: parameters ``requires_grad=False`` and held in eval mode whatever ``.train()`` says.
+
+    Args:
+        module: the wrapped network.
+        bn_mode: ``"eval"`` (running statistics, recommended) or ``"train"`` (BatchNorm uses batch statistics
+            as the reference most likely did; running stats still never change because momentum is zeroed).
+    Call the wrapped module through ``frozen.module`` (gradients still flow through activations, e.g. the label
+    encoder's loss through the frozen teacher head) or ``frozen(...)`` (under ``torch.no_grad()``).
+    """
+
+    def __init__(self, module: nn.Module, bn_mode: str = "eval") -> None:
+        super().__init__()
+        self.module = module
+        self.bn_mode = bn_mode
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> "Frozen":  # noqa: ARG002 - always frozen
+        super().train(False)
+        self.module.eval()
+        if self.bn_mode == "train":
+            for m in self.module.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.train()
+                    m.momentum = 0.0
+        return self
+
+    def forward(self, *args, **kwargs):
+        with torch.no_grad():
+            return self.module(*args, **kwargs)
+
+
+class ModelEMA:
+    """Exponential moving average of a module's parameters and buffers (BEVDepth's ``ModelEMA``).
+
+    ``decay_t = decay * (1 - exp(-updates / ramp))`` (ramp 0 = constant decay). Buffers (BN statistics) are
+    averaged like parameters; integer buffers are copied.
+    """
+
+    def __init__(self, module: nn.Module, decay: float = 0.999, ramp: float = 2000.0, updates: int = 0) -> None:
+        self.ema = copy.deepcopy(module).eval()
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+        self.decay, self.ramp, self.updates = decay, ramp, updates
+
+    def current_decay(self) -> float:
+        return self.decay * (1 - math.exp(-self.updates / self.ramp)) if self.ramp > 0 else self.decay
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        self.updates += 1
+        d = self.current_decay()
+        msd = module.state_dict()
+        for k, v in self.ema.state_dict().items():
+            if v.dtype.is_floating_point:
+                v.mul_(d).add_(msd[k].detach().to(v.dtype), alpha=1 - d)
+            else:
+                v.copy_(msd[k])
+
+    def state_dict(self) -> dict:
+        return {"module": self.ema.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.ema.load_state_dict(sd["module"])
+        self.updates = int(sd["updates"])
+
+
+class CsvLogger:
+    """Appends rows to ``log.csv``; on resume the rows after the resumed step are dropped. Plots the losses."""
+
+    def __init__(self, path: Path, resume_step: Optional[int] = None) -> None:
+        self.path = Path(path)
+        self.fields: Optional[list[str]] = None
+        rows = []
+        if self.path.is_file() and resume_step is not None:
+            with open(self.path, newline="") as f:
+                reader = csv.DictReader(f)
+                self.fields = reader.fieldnames
+                rows = [r for r in reader if int(float(r["step"])) <= resume_step]
+        elif self.path.is_file():
+            self.path.unlink()
+        if rows and self.fields:
+            with open(self.path, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=self.fields)
+                w.writeheader()
+                w.writerows(rows)
+        elif self.path.is_file():
+            self.path.unlink()
+            self.fields = None
+
+    def log(self, row: dict) -> None:
+        row = {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+        if self.fields is None:
+            self.fields = list(row)
+            with open(self.path, "w", newline="") as f:
+                csv.DictWriter(f, fieldnames=self.fields).writeheader()
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore").writerow(row)
+
+    def plot(self, png: Path) -> None:
+        """Loss curves (every ``loss*`` column against the step) to a PNG with matplotlib (Agg)."""
+        if not self.path.is_file():
+            return
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:  # pragma: no cover - matplotlib is in the train extra
+            return
+        with open(self.path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("kind") == "train"]
+        if not rows:
+            return
+        keys = [k for k in rows[0] if k.startswith("loss")]
+        steps = [int(float(r["step"])) for r in rows]
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for k in keys:
+            vals = [float(r[k]) if r.get(k) not in (None, "") else float("nan") for r in rows]
+            ax.plot(steps, vals, label=k, lw=1)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.set_yscale("symlog", linthresh=1e-2)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        ax.set_title(self.path.parent.name)
+        fig.tight_layout()
+        tmp = Path(png).with_name(".tmp_" + Path(png).name)
+        fig.savefig(tmp, dpi=90, format="png")
+        plt.close(fig)
+        os.replace(tmp, png)
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> DistInfo:
+    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1): NCCL on CUDA, else gloo."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank = int(os.environ["RANK"])
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend=backend)
+    return DistInfo(rank, world, local)
+
+
+# ================================================================================================================
+# Builders (config -> modules)
+# ================================================================================================================
+def task_class_ids(model_cfg) -> list[tuple[int, ...]]:
+    """Global class ids of each head task group (indices into ``model_cfg.class_names``)."""
+    return [tuple(model_cfg.class_names.index(c) for c in g) for g in model_cfg.head.task_groups]
+
+
+def bev_grid(model_cfg) -> BevGrid:
+    g = model_cfg.bev_grid
+    return BevGrid(x_min=g.x[0], y_min=g.y[0], cell=g.x[2], H=g.ny, W=g.nx)
+
+
+def build_teacher(cfg: TrainConfig, model_cfg) -> LidarTeacher:
+    """LiDAR teacher on the student's grid with the student's :class:`CenterHead` class."""
+    from labeldistill_ros.model.head import CenterHead
+
+    t = cfg.teacher
+    grid = bev_grid(model_cfg)
+    if abs(t.pillar_size[0] - t.pillar_size[1]) > 1e-9:
+        raise ValueError("teacher.pillar_size must be square")
+    stride = grid.cell / t.pillar_size[0]
+    if abs(stride - round(stride)) > 1e-6:
+        raise ValueError(f"teacher.pillar_size {t.pillar_size[0]} must divide the BEV cell {grid.cell}")
+    pr = list(t.point_range)
+    pr[0], pr[1], pr[3], pr[4] = grid.x_min, grid.y_min, grid.x_min + grid.W * grid.cell, grid.y_min + grid.H * grid.cell
+    enc = PillarEncoder(pr, t.pillar_size, t.point_features, t.pillar_channels, t.encoder, t.z_bins)
+    down = BevDownsampler(t.pillar_channels, t.encoder_channels, int(round(stride)), t.downsample_channels)
+    backbone = SECONDBackbone(t.encoder_channels, t.backbone_channels, t.backbone_layers, (1, 2))
+    neck = SECONDFPN(t.backbone_channels, t.neck_channels, (1, 2))
+    head = CenterHead(neck.out_channels, t.head_share_channels, t.head_conv_channels, model_cfg.head.task_groups,
+                      model_cfg.head.heatmap_init_bias)
+    return LidarTeacher(enc, down, backbone, neck, head)
+
+
+def build_label_encoder(cfg: TrainConfig, model_cfg) -> LabelEncoder:
+    grid = bev_grid(model_cfg)
+    return LabelEncoder(cfg.teacher.backbone_channels, (1, 2), (grid.H, grid.W), cfg.label_encoder.hidden, 9,
+                        len(model_cfg.class_names))
+
+
+def build_student(model_cfg):
+    from labeldistill_ros.model.student import StudentDetector
+
+    return StudentDetector.from_config(model_cfg)
+
+
+def weights_checkpoint(kind: str, state_dict: dict, cfg: TrainConfig, model_cfg, epoch: int, **extra) -> dict:
+    from labeldistill_ros.model.config import model_config_to_dict
+
+    return {"format_version": CHECKPOINT_FORMAT, "kind": kind, "epoch": epoch, "state_dict": state_dict,
+            "train_config": config_to_dict(cfg), "model_config": model_config_to_dict(model_cfg),
+            "class_names": list(model_cfg.class_names), **extra}
+
+
+# ================================================================================================================
+# Batch access (the one place that knows the data pipeline's batch keys)
+# ================================================================================================================
+def batch_to(batch: dict, device: torch.device) -> dict:
+    out = {}
+    for k, v in batch.items():
+        if torch.is_tensor(v):
+            out[k] = v.to(device, non_blocking=True)
+        elif isinstance(v, (list, tuple)) and v and all(torch.is_tensor(x) for x in v):
+            out[k] = [x.to(device, non_blocking=True) for x in v]
+        else:
+            out[k] = v
+    return out
+
+
+def gt_lists(batch: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per-sample GT ``(N_b, 9)`` boxes (key ego, after BEV augmentation) and ``(N_b,)`` class ids."""
+    return list(batch["gt_boxes"]), [l.long() for l in batch["gt_labels"]]
+
+
+def padded_points(batch: dict) -> torch.Tensor:
+    """``points``: a ``(B, P, 5)`` tensor, or the pipeline's list of ``(P_b, 5)`` padded with -999 rows (outside
+    every range, so the voxeliser drops them)."""
+    pts = batch["points"]
+    if torch.is_tensor(pts):
+        return pts
+    n = max(1, max(int(p.shape[0]) for p in pts))
+    out = pts[0].new_full((len(pts), n, pts[0].shape[1]), -999.0)
+    for i, p in enumerate(pts):
+        out[i, : p.shape[0]] = p
+    return out
+
+
+def student_inputs(batch: dict) -> dict:
+    """Student forward arguments from a pipeline batch (``imgs (B, F, N, 3, H, W)``, frame 0 = current; the
+    pipeline expresses every frame's ``cam2ego`` in the current key ego frame, so ``prev2curr`` = identity).
+    Also accepts ``images (B, N, 3, H, W)`` with per-frame-free calibration (tests)."""
+    if "images" in batch:
+        kw = {k: batch[k] for k in ("images", "K", "cam2ego", "ida", "bda")}
+        return kw
+    imgs = batch["imgs"]
+    kw = {"images": imgs[:, 0], "K": batch["K"][:, 0], "cam2ego": batch["cam2ego"][:, 0],
+          "ida": batch["ida"][:, 0], "bda": batch["bda"]}
+    if imgs.shape[1] > 1:
+        B, T = imgs.shape[0], imgs.shape[1] - 1
+        kw["prev_images"] = imgs[:, 1:]
+        kw["prev_cam2ego"] = batch["cam2ego"][:, 1:]
+        kw["prev2curr"] = torch.eye(4, device=imgs.device).expand(B, T, 4, 4)
+    return kw
+
+
+# ================================================================================================================
+# Stage modules: forward(batch) -> (loss, parts)
+# ================================================================================================================
+class TeacherStage(nn.Module):
+    """Stage 1: LiDAR teacher trained with the GT CenterPoint loss on the student's targets."""
+
+    def __init__(self, teacher: LidarTeacher, assigner: CenterPointTargetAssigner, loss: CenterPointLoss) -> None:
+        super().__init__()
+        self.teacher = teacher
+        self.assigner, self.det_loss = assigner, loss
+
+    def trainable(self) -> nn.Module:
+        return self.teacher
+
+    def forward(self, batch: dict):
+        out = self.teacher(padded_points(batch))
+        boxes, labels = gt_lists(batch)
+        loss, parts = self.det_loss(out["head_outputs"], self.assigner(boxes, labels))
+        return loss, parts
+
+    @torch.no_grad()
+    def predict(self, batch: dict):
+        return self.teacher(padded_points(batch))["head_outputs"]
+
+
+class LabelEncoderStage(nn.Module):
+    """Stage 2: label encoder trained through the frozen teacher neck + head (eval mode, frozen parameters)."""
+
+    def __init__(self, label_encoder: LabelEncoder, teacher: Frozen, assigner: CenterPointTargetAssigner,
+                 loss: CenterPointLoss, grid: BevGrid, num_classes: int, footprint_scale: float) -> None:
+        super().__init__()
+        self.label_encoder = label_encoder
+        self.frozen_teacher = teacher
+        self.assigner, self.det_loss = assigner, loss
+        self.grid, self.num_classes, self.footprint_scale = grid, num_classes, footprint_scale
+
+    def trainable(self) -> nn.Module:
+        return self.label_encoder
+
+    def head_outputs(self, batch: dict):
+        boxes, labels = gt_lists(batch)
+        bm, lm, _ = rasterize_batch(boxes, labels, self.grid, self.num_classes, self.footprint_scale)
+        feats = self.label_encoder(bm, lm)
+        _, head_out = self.frozen_teacher.module.forward_neck_head(feats)  # gradients flow to the encoder
+        return head_out
+
+    def forward(self, batch: dict):
+        boxes, labels = gt_lists(batch)
+        return self.det_loss(self.head_outputs(batch), self.assigner(boxes, labels))
+
+    @torch.no_grad()
+    def predict(self, batch: dict):
+        return self.head_outputs(batch)
+
+
+class StudentStage(nn.Module):
+    """Stage 3: camera student with GT detection + depth losses and the selected distiller.
+
+    ``frozen_teacher`` / ``frozen_label_encoder`` are :class:`Frozen` (or ``None`` when the method needs none);
+    their forwards run under ``no_grad``. ``batch["has_labels"]`` (bool ``(B,)``, optional) marks samples whose
+    labels are withheld (CMKD unlabeled mode): their GT detection loss is dropped.
+    """
+
+    def __init__(self, student: nn.Module, distiller: nn.Module, frozen_teacher: Optional[Frozen],
+                 frozen_label_encoder: Optional[Frozen], assigner: CenterPointTargetAssigner, det_loss: CenterPointLoss,
+                 depth_loss: DepthLoss, grid: BevGrid, num_classes: int, footprint_scale: float) -> None:
+        super().__init__()
+        self.student = student
+        self.distiller = distiller
+        self.frozen_teacher = frozen_teacher
+        self.frozen_label_encoder = frozen_label_encoder
+        self.assigner, self.det_loss, self.depth_loss = assigner, det_loss, depth_loss
+        self.grid, self.num_classes, self.footprint_scale = grid, num_classes, footprint_scale
+        self._trainable = nn.ModuleDict({"student": student, "distiller": distiller})
+
+    def trainable(self) -> nn.Module:
+        return self._trainable
+
+    def forward(self, batch: dict):
+        out = self.student(**student_inputs(batch))
+        boxes, labels = gt_lists(batch)
+        targets = self.assigner(boxes, labels)
+        sample_mask = batch.get("has_labels")
+        det, parts = self.det_loss(out.head_outputs, targets, sample_mask=sample_mask)
+        parts = {"det_" + k: v for k, v in parts.items()}
+        total = det
+        if self.depth_loss is not None and batch.get("depth") is not None:
+            parts["depth"] = self.depth_loss(out.depth, batch["depth"])
+            total = total + parts["depth"]
+        teacher_out = self.frozen_teacher(padded_points(batch)) if self.frozen_teacher is not None else None
+        label_feats = None
+        if self.frozen_label_encoder is not None:
+            bm, lm, _ = rasterize_batch(boxes, labels, self.grid, self.num_classes, self.footprint_scale)
+            label_feats = self.frozen_label_encoder(bm, lm)
+        kd, kd_parts = self.distiller(out, teacher_out, label_feats, targets, boxes)
+        parts.update({"kd_" + k: v for k, v in kd_parts.items()})
+        return total + kd, parts
+
+    @torch.no_grad()
+    def predict(self, batch: dict):
+        return self.student(**student_inputs(batch)).head_outputs
+
+
+# ================================================================================================================
+# The trainer
+# ================================================================================================================
+class Trainer:
+    """Trains one stage of a :class:`~labeldistill_training.config.TrainConfig`.
+
+    Args:
+        cfg: the validated config.
+        stage: ``teacher`` | ``label_encoder`` | ``student``.
+        dataset_factory: ``f(cfg, model_cfg, split: "train"|"val", stage) -> torch Dataset`` yielding samples the
+            ``collate_fn`` batches (default: the project's nuScenes pipeline, :func:`default_datasets`).
+        collate_fn: batch collation (default: the pipeline's collate).
+        device: default CUDA (``LOCAL_RANK``) when available, else CPU.
+    Entry point: :meth:`fit` (train, resume if ``last.pt`` exists, write ``final.pt``, evaluate) -> summary dict.
+    """
+
+    def __init__(self, cfg: TrainConfig, stage: str, dataset_factory: Optional[Callable] = None,
+                 collate_fn: Optional[Callable] = None, device: Optional[torch.device] = None) -> None:
+        from labeldistill_ros.model.config import load_model_config
+
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
+        self.cfg, self.stage = cfg, stage
+        self.scfg = cfg.stage(stage)
+        self.dist = init_distributed()
+        if device is None:
+            device = torch.device(f"cuda:{self.dist.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        self.device = device
+        mpath = resolve_path(cfg, cfg.model_config)
+        self.model_cfg = load_model_config(mpath)
+        self.grid = bev_grid(self.model_cfg)
+        self.out_dir = Path(resolve_path(cfg, cfg.trainer.work_dir)) / stage
+        if dataset_factory is None or collate_fn is None:
+            df, cf = default_datasets()
+            dataset_factory = dataset_factory or df
+            collate_fn = collate_fn or cf
+        self.dataset_factory, self.collate_fn = dataset_factory, collate_fn
+        self.use_amp = bool(self.scfg.amp and self.device.type == "cuda")
+
+    # ------------------------------------------------------------------------------------------------ building
+    def _stage_checkpoint(self, which: str) -> Path:
+        explicit = {"teacher": self.scfg.teacher_checkpoint,
+                    "label_encoder": self.scfg.label_encoder_checkpoint}[which]
+        if explicit:
+            return Path(resolve_path(self.cfg, explicit))
+        return Path(resolve_path(self.cfg, self.cfg.trainer.work_dir)) / which / "final.pt"
+
+    def _load_frozen_teacher(self) -> LidarTeacher:
+        teacher = build_teacher(self.cfg, self.model_cfg)
+        ckpt = load_checkpoint(self._stage_checkpoint("teacher"), "teacher")
+        teacher.load_state_dict(ckpt["state_dict"])
+        return teacher
+
+    def build_stage(self) -> nn.Module:
+        cfg, mcfg = self.cfg, self.model_cfg
+        assigner = CenterPointTargetAssigner(self.grid, task_class_ids(mcfg))
+        ncls = len(mcfg.class_names)
+        bn = cfg.trainer.frozen_bn
+        if self.stage == "teacher":
+            return TeacherStage(build_teacher(cfg, mcfg), assigner, CenterPointLoss(cfg.teacher.code_weights))
+        if self.stage == "label_encoder":
+            teacher = Frozen(self._load_frozen_teacher(), bn)
+            return LabelEncoderStage(build_label_encoder(cfg, mcfg), teacher, assigner,
+                                     CenterPointLoss(cfg.label_encoder.code_weights), self.grid, ncls,
+                                     cfg.label_encoder.footprint_scale)
+        student = build_student(mcfg)
+        d = cfg.distill
+        distiller = build_distiller(d.method, (mcfg.bev_channels, mcfg.bev_trunk.base_channels),
+                                    cfg.teacher.encoder_channels, cfg.teacher.backbone_channels, self.grid,
+                                    d.labeldistill, d.unidistill, d.cmkd, d.stereodistill)
+        teacher = Frozen(self._load_frozen_teacher(), bn) if distiller.needs_teacher else None
+        label_encoder = None
+        if distiller.needs_label_encoder:
+            le = build_label_encoder(cfg, mcfg)
+            ckpt = load_checkpoint(self._stage_checkpoint("label_encoder"), "label_encoder")
+            le.load_state_dict(ckpt["state_dict"])
+            label_encoder = Frozen(le, bn)
+        dn = mcfg.depth_net
+        depth = DepthLoss(dn.depth_bound[0], dn.depth_bound[2], dn.num_bins, mcfg.feature_stride,
+                          cfg.student.depth_loss_weight) if cfg.student.depth_loss_weight > 0 else None
+        return StudentStage(student, distiller, teacher, label_encoder, assigner,
+                            CenterPointLoss(cfg.student.code_weights), depth, self.grid, ncls,
+                            cfg.label_encoder.footprint_scale)
+
+    def build_optimizer(self, trainable: nn.Module) -> torch.optim.Optimizer:
+        lr = self.base_lr()
+        if self.stage == "student":
+            lss = ("student.backbone.", "student.image_neck.", "student.depth_net.", "student.view_transform.")
+            slow = [p for n, p in trainable.named_parameters() if p.requires_grad and n.startswith(lss)]
+            fast = [p for n, p in trainable.named_parameters() if p.requires_grad and not n.startswith(lss)]
+            groups = [{"params": fast, "lr_mult": 1.0},
+                      {"params": slow, "lr_mult": self.cfg.student.backbone_lr_mult}]
+        else:
+            groups = [{"params": [p for p in trainable.parameters() if p.requires_grad], "lr_mult": 1.0}]
+        for g in groups:
+            g["lr"] = lr * g["lr_mult"]
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=self.scfg.weight_decay)
+
+    def base_lr(self) -> float:
+        s = self.scfg
+        if s.base_batch_size:
+            return s.lr * self.cfg.loader.batch_size * self.dist.world / s.base_batch_size
+        return s.lr
+
+    def lr_at_epoch(self, epoch: int) -> float:
+        """MultiStepLR: ``lr * gamma ** #(milestones <= epoch)`` with 0-based epochs (reference semantics)."""
+        return self.base_lr() * self.scfg.gamma ** sum(1 for m in self.scfg.milestones if epoch >= m)
+
+    def loader(self, split: str, epoch: int) -> torch.utils.data.DataLoader:
+        ds = self.dataset_factory(self.cfg, self.model_cfg, split, self.stage)
+        if hasattr(ds, "set_epoch"):
+            ds.set_epoch(epoch)
+        train = split == "train"
+        cap = self.cfg.loader.max_train_samples if train else self.cfg.loader.max_val_samples
+        if cap is not None and len(ds) > cap:
+            ds = torch.utils.data.Subset(ds, list(range(cap)))
+        g = torch.Generator().manual_seed(self.cfg.trainer.seed * 100003 + epoch)
+        if self.dist.world > 1:
+            sampler = torch.utils.data.distributed.DistributedSampler(
+                ds, num_replicas=self.dist.world, rank=self.dist.rank, shuffle=train, seed=self.cfg.trainer.seed,
+                drop_last=train)
+            sampler.set_epoch(epoch)
+        elif train:
+            sampler = torch.utils.data.RandomSampler(ds, generator=g)
+        else:
+            sampler = torch.utils.data.SequentialSampler(ds)
+        nw = self.cfg.loader.num_workers
+        return torch.utils.data.DataLoader(ds, batch_size=self.cfg.loader.batch_size, sampler=sampler,
+                                           num_workers=nw, collate_fn=self.collate_fn, drop_last=train and len(ds) >= self.cfg.loader.batch_size,
+                                           generator=g, persistent_workers=False,
+                                           worker_init_fn=_worker_init if nw else None,
+                                           pin_memory=self.device.type == "cuda")
+
+    # ------------------------------------------------------------------------------------------------ training
+    def fit(self) -> dict:
+        cfg, scfg, dev = self.cfg, self.scfg, self.device
+        seed_everything(cfg.trainer.seed)
+        if cfg.trainer.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        stage = self.build_stage().to(dev)
+        trainable = stage.trainable()
+        if scfg.init_checkpoint:
+            sd = load_checkpoint(Path(resolve_path(cfg, scfg.init_checkpoint)))["state_dict"]
+            missing, unexpected = trainable.load_state_dict(sd, strict=False)
+            self._print(f"init from {scfg.init_checkpoint}: {len(missing)} missing, {len(unexpected)} unexpected keys")
+        opt = self.build_optimizer(trainable)
+        scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        ema = ModelEMA(trainable, cfg.trainer.ema_decay, cfg.trainer.ema_ramp) if scfg.ema else None
+        start_epoch, step = 0, 0
+        last = self.out_dir / "last.pt"
+        if last.is_file():
+            ck = load_checkpoint(last, f"{self.stage}_state")
+            trainable.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            if ema is not None and ck.get("ema") is not None:
+                ema.load_state_dict(ck["ema"])
+            if ck.get("scaler"):
+                scaler.load_state_dict(ck["scaler"])
+            start_epoch, step = int(ck["epoch"]) + 1, int(ck["global_step"])
+            self._print(f"[{self.stage}] resuming from {last} after epoch {start_epoch} (step {step})")
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        logger = CsvLogger(self.out_dir / "log.csv", resume_step=step if start_epoch else None) \
+            if self.dist.is_main else None
+        model = stage
+        if self.dist.world > 1:
+            model = nn.parallel.DistributedDataParallel(
+                stage, device_ids=[dev.index] if dev.type == "cuda" else None,
+                find_unused_parameters=self.stage == "student")
+        kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
+        step_times: list[float] = []
+        for epoch in range(start_epoch, scfg.epochs):
+            seed_everything(cfg.trainer.seed * 1000003 + epoch * 1009 + self.dist.rank)
+            lr = self.lr_at_epoch(epoch)
+            for g in opt.param_groups:
+                g["lr"] = lr * g.get("lr_mult", 1.0)
+            stage.train()
+            loader = self.loader("train", epoch)
+            n_iter = len(loader) if scfg.max_iters_per_epoch is None else min(len(loader), scfg.max_iters_per_epoch)
+            bar = _progress(self.dist.is_main and cfg.trainer.progress, n_iter,
+                            f"{self.stage} {epoch + 1}/{scfg.epochs}")
+            sums: dict[str, float] = {}
+            for it, batch in enumerate(loader):
+                if it >= n_iter:
+                    break
+                t0 = time.perf_counter()
+                batch = batch_to(batch, dev)
+                with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.use_amp):
+                    loss, parts = model(batch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"[{self.stage}] non-finite loss at epoch {epoch} step {step}: "
+                                             f"{ {k: float(v) for k, v in parts.items()} }")
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                gnorm = float("nan")
+                if scfg.grad_clip:
+                    scaler.unscale_(opt)
+                    gnorm = float(torch.nn.utils.clip_grad_norm_(trainable.parameters(), scfg.grad_clip))
+                scaler.step(opt)
+                scaler.update()
+                if ema is not None:
+                    ema.update(trainable)
+                step += 1
+                dt = time.perf_counter() - t0
+                step_times.append(dt)
+                vals = {"loss": float(loss.detach())}
+                vals.update({f"loss_{k}": float(v.detach() if torch.is_tensor(v) else v) for k, v in parts.items()})
+                for k, v in vals.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{vals['loss']:.3f}")
+                if logger is not None and (step % cfg.trainer.log_interval == 0 or it == n_iter - 1):
+                    logger.log({"kind": "train", "epoch": epoch, "step": step, "lr": lr, "grad_norm": gnorm,
+                                "step_ms": dt * 1000, **vals})
+                if kill_at and step == kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            if bar is not None:
+                bar.close()
+            if self.dist.is_main:
+                self._save_epoch(trainable, opt, scaler, ema, epoch, step)
+                if logger is not None:
+                    logger.log({"kind": "epoch", "epoch": epoch, "step": step, "lr": lr,
+                                **{k: v / max(1, n_iter) for k, v in sums.items()}})
+                    logger.plot(self.out_dir / "loss_curves.png")
+            if self.dist.world > 1:
+                dist.barrier()
+        final_module = ema.ema if ema is not None else trainable
+        summary = {"stage": self.stage, "epochs": scfg.epochs, "global_step": step,
+                   "step_ms": 1000 * float(np.median(step_times)) if step_times else None}
+        if self.dist.is_main:
+            self._save_final(final_module, scfg.epochs - 1)
+        if cfg.trainer.eval_at_end and self.dist.is_main:
+            eval_stage = stage
+            if ema is not None:
+                trainable.load_state_dict(ema.ema.state_dict())
+            summary["metrics"] = self.evaluate(eval_stage)
+        if self.dist.is_main:
+            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        if self.dist.world > 1:
+            dist.barrier()
+        return summary
+
+    def _save_epoch(self, trainable, opt, scaler, ema, epoch: int, step: int) -> None:
+        weights = (ema.ema if ema is not None else trainable).state_dict()
+        atomic_save(weights_checkpoint(self.stage, weights, self.cfg, self.model_cfg, epoch),
+                    self.out_dir / f"epoch_{epoch + 1:03d}.pt")
+        state = {"format_version": CHECKPOINT_FORMAT, "kind": f"{self.stage}_state", "epoch": epoch,
+                 "global_step": step, "model": trainable.state_dict(), "optimizer": opt.state_dict(),
+                 "ema": ema.state_dict() if ema is not None else None,
+                 "scaler": scaler.state_dict() if self.use_amp else None,
+                 "train_config": config_to_dict(self.cfg)}
+        atomic_save(state, self.out_dir / "last.pt")
+
+    def _save_final(self, module: nn.Module, epoch: int) -> None:
+        sd = module.state_dict()
+        if self.stage == "student":
+            student_sd = {k[len("student."):]: v for k, v in sd.items() if k.startswith("student.")}
+            distiller_sd = {k[len("distiller."):]: v for k, v in sd.items() if k.startswith("distiller.")}
+            ck = weights_checkpoint("student", student_sd, self.cfg, self.model_cfg, epoch,
+                                    distiller=distiller_sd, method=self.cfg.distill.method)
+        else:
+            ck = weights_checkpoint(self.stage, sd, self.cfg, self.model_cfg, epoch)
+        atomic_save(ck, self.out_dir / "final.pt")
+
+    # ---------------------------------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def predict(self, stage: nn.Module, split: str = "val") -> list[dict]:
+        """Decoded detections for every sample of ``split``: ``[{"sample_token", "boxes", "scores", "labels"}]``
+        (boxes in the ego frame of the sample, BEV augmentation off for val)."""
+        from labeldistill_ros.model.decode import decode_detections
+
+        stage.eval()
+        mc = self.model_cfg
+        results = []
+        loader = self.loader(split, 0)
+        n = self.cfg.loader.max_val_samples
+        for batch in loader:
+            batch = batch_to(batch, self.device)
+            head_out = stage.predict(batch)
+            dets = decode_detections(head_out, mc.head.task_groups, mc.class_names, mc.bev_grid, mc.decode)
+            for i, d in enumerate(dets):
+                results.append({"sample_token": batch["sample_token"][i], "boxes": d.boxes.float().cpu(),
+                                "scores": d.scores.float().cpu(), "labels": d.labels.cpu(),
+                                "ego2global": batch["ego2global"][i].double().cpu().numpy()
+                                if "ego2global" in batch else None})
+            if n is not None and len(results) >= n:
+                break
+        return results
+
+    def evaluate(self, stage: nn.Module) -> dict:
+        """DetectionEval (nuscenes-devkit) on the val split; writes ``metrics.json`` and returns the metrics."""
+        preds = self.predict(stage, "val")
+        metrics = run_detection_eval(self.cfg, self.model_cfg, preds, self.out_dir / "eval")
+        (self.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        self._print(f"[{self.stage}] val mAP {metrics.get('mAP', float('nan')):.4f} "
+                    f"NDS {metrics.get('NDS', float('nan')):.4f}")
+        return metrics
+
+    def _print(self, msg: str) -> None:
+        if self.dist.is_main:
+            print(msg, flush=True)
+
+
+def _worker_init(worker_id: int) -> None:
+    torch.set_num_threads(1)
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:  # pragma: no cover
+        pass
+    s = torch.initial_seed() % (2 ** 32)
+    np.random.seed(s)
+    random.seed(s)
+
+
+def _progress(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+    return tqdm(total=total, desc=desc, dynamic_ncols=True, mininterval=1.0, leave=False)
+
+
+# ================================================================================================================
+# Data + evaluation glue (project pipeline)
+# ================================================================================================================
+def data_config_for_stage(cfg: TrainConfig, model_cfg, stage: str, method: str = "none"):
+    """The pipeline's DataConfig for a stage: points only where a LiDAR teacher runs, depth targets only for
+    the student's depth loss; the network input size and depth stride must match the model."""
+    from labeldistill_training.data.config import load_data_config
+
+    data = dict(cfg.data)
+    if "dataroot" in data:
+        data["dataroot"] = str(resolve_path(cfg, data["dataroot"]))
+    dc = load_data_config(data)
+    needs_points = stage == "teacher" or (stage == "student" and method != "none")
+    needs_depth = stage == "student" and cfg.student.depth_loss_weight > 0
+    dc = dc.replace(load_points=needs_points, depth=_replace(dc.depth, enabled=needs_depth))
+    if tuple(dc.image_aug.final_dim) != tuple(model_cfg.input_size):
+        raise ValueError(f"data.image_aug.final_dim {list(dc.image_aug.final_dim)} != the model's input_size "
+                         f"{list(model_cfg.input_size)}")
+    if needs_depth and dc.depth.stride != model_cfg.feature_stride:
+        raise ValueError(f"data.depth.stride {dc.depth.stride} != the model's feature stride {model_cfg.feature_stride}")
+    if len(dc.prev_key_offsets) != model_cfg.temporal.num_prev_frames:
+        raise ValueError(f"data.prev_key_offsets has {len(dc.prev_key_offsets)} frames, the model uses "
+                         f"temporal.num_prev_frames = {model_cfg.temporal.num_prev_frames}")
+    return dc
+
+
+def _replace(obj, **kw):
+    import dataclasses
+
+    return dataclasses.replace(obj, **kw)
+
+
+_DATASETS: dict = {}
+
+
+def pipeline_dataset(cfg: TrainConfig, model_cfg, split: str, stage: str):
+    """:class:`labeldistill_training.data.dataset.NuScenesDataset` of ``split`` for ``stage`` (cached)."""
+    from labeldistill_training.data.dataset import NuScenesDataset
+
+    dc = data_config_for_stage(cfg, model_cfg, stage, cfg.distill.method)
+    key = (repr(dc), split, cfg.trainer.seed)
+    if key not in _DATASETS:
+        _DATASETS[key] = NuScenesDataset.from_config(dc, split, seed=cfg.trainer.seed)
+    return _DATASETS[key]
+
+
+def default_datasets():
+    """``(dataset_factory, collate_fn)`` backed by :mod:`labeldistill_training.data`."""
+    from labeldistill_training.data.collate import collate_batch
+
+    return pipeline_dataset, collate_batch
+
+
+def run_detection_eval(cfg: TrainConfig, model_cfg, preds: list[dict], out_dir: Path) -> dict:
+    """Detections (key ego frame) -> nuScenes results (global) -> nuscenes-devkit DetectionEval on the val split."""
+    from labeldistill_training.data.config import load_data_config
+    from labeldistill_training.data.infos import load_nuscenes
+    from labeldistill_training.eval.evaluate import evaluate_results
+    from labeldistill_training.eval.results import detections_to_results
+
+    data = dict(cfg.data)
+    data["dataroot"] = str(resolve_path(cfg, data["dataroot"]))
+    dc = load_data_config(data)
+    dets = [{"sample_token": p["sample_token"], "boxes": p["boxes"].numpy(), "scores": p["scores"].numpy(),
+             "labels": p["labels"].numpy(), "ego2global": p["ego2global"]} for p in preds]
+    results = detections_to_results(dets, classes=model_cfg.class_names)
+    nusc = load_nuscenes(dc.dataroot, dc.version)
+    res = evaluate_results(results, nusc, dc.val_split, out_dir, validate=True)
+    return {"mAP": res.mAP, "NDS": res.NDS, **{k: v for k, v in res.tp_errors.items()},
+            "class_ap": res.class_ap, "num_samples": res.num_samples,
+            "num_samples_without_results": res.num_samples_without_results}
