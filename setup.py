@@ -52,6 +52,7 @@ setup(
             "labeldistill-nusc2bag = labeldistill_training.tools.nusc2bag:main",
             "labeldistill-bag-eval = labeldistill_training.tools.bag_eval:main",
             "labeldistill-bag-play = labeldistill_ros.bag.player:main",
+            "labeldistill-train = labeldistill_training.cli:main",
         ],
     },
 )
