@@ -45,10 +45,11 @@ def test_offline_runs_the_node_pipeline_on_every_set(offline, bag):
 
 
 def test_live_replay_equals_offline(offline, bag, checkpoint, nusc_dataset, tmp_path):
-    from labeldistill_training.tools.bag_eval import run_live, score
+    from labeldistill_training.tools.bag_eval import NODE_OUTPUT, frames_from_topic, run_live, score
 
     log = tmp_path / "node.log"
-    live = run_live(bag, str(checkpoint), device="cpu", score_threshold=THRESHOLD, lockstep=True, log_path=log)
+    live = run_live(bag, str(checkpoint), device="cpu", score_threshold=THRESHOLD, lockstep=True, log_path=log,
+                    record_path=tmp_path / "recording")
     assert len(live.frames) == len(offline.frames), log.read_text()[-3000:]
     for lf, of in zip(sorted(live.frames, key=lambda f: f.stamp_ns), offline.frames):
         assert lf.stamp_ns == of.stamp_ns and lf.frame_id == of.frame_id
@@ -59,6 +60,11 @@ def test_live_replay_equals_offline(offline, bag, checkpoint, nusc_dataset, tmp_
         dyaw = np.angle(np.exp(1j * (lf.boxes[:, 6] - of.boxes[:, 6])))
         np.testing.assert_allclose(dyaw, 0.0, atol=1e-4)
     assert len(live.latency_ms) == len(live.frames) and all(v > 0 for v in live.latency_ms)
+    # The recording (rosbags + rclpy serialisation) holds the same detections.
+    rec = frames_from_topic(tmp_path / "recording", NODE_OUTPUT).frames
+    assert [f.stamp_ns for f in rec] == [f.stamp_ns for f in live.frames]
+    for a, b in zip(rec, live.frames):
+        np.testing.assert_array_equal(a.boxes, b.boxes)
     # Both go through the same scorer; equal boxes give equal mAP (velocity only changes mAVE).
     rep_live = score(bag, live, str(nusc_dataset[0]), nusc_dataset[1], tmp_path / "live", bev=1)
     rep_off = score(bag, offline, str(nusc_dataset[0]), nusc_dataset[1], tmp_path / "offline", bev=0)

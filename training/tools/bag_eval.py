@@ -61,7 +61,8 @@ class Run:
 # Sources of detections
 # --------------------------------------------------------------------------------------------------------------
 def frames_from_topic(bag: str | Path, topic: str) -> Run:
-    """Detection frames already in the bag (``/ground_truth/detections`` or a recorded output topic)."""
+    """Detection frames of ``topic`` in ``bag`` (``/ground_truth/detections``, a recorded node output, or the
+    ``recording`` bag a live run leaves in its output folder)."""
     with BagReader(bag) as r:
         frames = r.detections(topic)
     return Run(mode=f"topic:{topic}", frames=frames, sets=len(frames))
@@ -178,16 +179,30 @@ class _Recorder:
         with self.cond:
             return self.cond.wait_for(lambda: len(self.items) >= n, timeout=timeout_s)
 
+    def wait_settled(self, n: int, timeout_s: float, idle_s: float) -> bool:
+        """Wait for ``n`` items, but stop early once nothing new arrived for ``idle_s`` (dropped sets)."""
+        deadline = time.monotonic() + timeout_s
+        last_n, last_t = len(self.items), time.monotonic()
+        while time.monotonic() < deadline:
+            if self.wait_count(n, min(0.1, max(0.0, deadline - time.monotonic()))):
+                return True
+            if len(self.items) != last_n:
+                last_n, last_t = len(self.items), time.monotonic()
+            elif time.monotonic() - last_t > idle_s:
+                return False
+        return len(self.items) >= n
+
 
 def run_live(bag: str | Path, checkpoint: str, device: str = "cpu", score_threshold: float = 0.3,
              max_detections: int = 200, rate: float = 1.0, lockstep: bool = False, slop_s: float = 0.06,
              startup_timeout_s: float = 120.0, set_timeout_s: float = 30.0, node_args: list[str] | None = None,
-             log_path: str | Path | None = None) -> Run:
+             log_path: str | Path | None = None, record_path: str | Path | None = None) -> Run:
     """Play the bag to a ``detector_node`` subprocess (use_sim_time) and record its detections.
 
     Latency = receive time of a detection frame - publish time of the last image of its set (wall ms, includes
     DDS transport both ways). ``lockstep``: before the images of set k+1 go out, wait (up to ``set_timeout_s``)
-    until k outputs arrived, so no set is superseded by a newer one.
+    until k outputs arrived, so no set is superseded by a newer one. ``record_path``: also write the node's
+    detections and markers to a new bag there (:class:`labeldistill_ros.bag.recorder.BagRecorder`).
     """
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -214,6 +229,12 @@ def run_live(bag: str | Path, checkpoint: str, device: str = "cpu", score_thresh
     ex.add_node(node)
     spin = threading.Thread(target=ex.spin, daemon=True)
     rec = _Recorder(node, NODE_OUTPUT)
+    bag_rec = None
+    if record_path is not None:
+        from labeldistill_ros.bag.recorder import BagRecorder
+
+        bag_rec = BagRecorder(node, record_path, {NODE_OUTPUT: "vision_msgs/msg/Detection3DArray",
+                                                  f"/{NODE_NAME}/output/markers": "visualization_msgs/msg/MarkerArray"})
     image_topics = {t for t, _ in avail.values()}
     published: dict[int, float] = {}  # image stamp (bag ns) -> publish monotonic time
     state = {"set_lo": None, "sets": 0, "missed": 0}
@@ -253,11 +274,15 @@ def run_live(bag: str | Path, checkpoint: str, device: str = "cpu", score_thresh
         time.sleep(0.5)
         player.play()
         n_sets = state["sets"] if lockstep else _count_sets(sorted(published), slop_s)
-        rec.wait_count(n_sets - state["missed"], set_timeout_s)
+        # The node may have dropped sets (too slow for the rate): stop waiting once its output has settled.
+        gaps = np.diff([w for _, w in rec.items]) if len(rec.items) > 1 else [1.0]
+        rec.wait_settled(n_sets - state["missed"], set_timeout_s, idle_s=max(3.0, 3 * float(np.max(gaps))))
         time.sleep(0.2)
         player.close()
     finally:
         ex.shutdown(timeout_sec=1.0)
+        if bag_rec is not None:
+            bag_rec.close()
         node.destroy_node()
         rclpy.try_shutdown(context=ctx)
         if proc.poll() is None:
@@ -413,9 +438,10 @@ def plot_bev(path: Path, gt: BoxFrame, det: BoxFrame | None, title: str, extent_
 
 
 def score(bag: str | Path, run: Run, dataroot: str, version: str, out_dir: str | Path,
-          match_tol_ms: float = 60.0, bev: int = 4) -> dict:
+          match_tol_ms: float = 60.0, bev: int = 4, extra: dict[str, Path] | None = None) -> dict:
     """Match, transform, write the results JSON, run DetectionEval, report. Files appear in ``out_dir`` only at
-    the end (built in a temporary folder and moved)."""
+    the end (built in a temporary folder and moved), together with ``extra`` ``{name: path}`` (e.g. the live
+    run's recording)."""
     with BagReader(bag) as r:
         gt = r.ground_truth()
         traj = r.trajectory()
@@ -450,6 +476,9 @@ def score(bag: str | Path, run: Run, dataroot: str, version: str, out_dir: str |
             for k in np.linspace(0, n_key - 1, min(bev, n_key)).round().astype(int):
                 plot_bev(tmp / "bev" / f"{k:04d}_{gt[k].sample_token[:8]}.png", gt[k], matched.get(k),
                          f"key frame {k} ({gt[k].sample_token[:8]})")
+        for name, path in (extra or {}).items():
+            if Path(path).exists():
+                shutil.move(str(path), tmp / name)
         out_dir.mkdir(parents=True, exist_ok=True)
         for p in tmp.iterdir():
             dest = out_dir / p.name
@@ -493,6 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detections-topic", default=None,
                    help="score this Detection3DArray topic of the bag instead of running the model "
                         "(e.g. /ground_truth/detections, or a recorded node output)")
+    p.add_argument("--detections-bag", default=None,
+                   help="read --detections-topic from this bag (e.g. a live run's 'recording' or a ros2 bag "
+                        "record of the node) while GT and TF come from --bag")
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp32")
     p.add_argument("--score-threshold", type=float, default=0.3)
@@ -513,8 +545,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with BagReader(a.bag) as r:  # damaged bags fail here, before anything runs or is written
             r.check()
+        extra: dict[str, Path] = {}
         if a.detections_topic:
-            run = frames_from_topic(a.bag, a.detections_topic)
+            if a.detections_bag:
+                with BagReader(a.detections_bag) as r:
+                    r.check()
+            run = frames_from_topic(a.detections_bag or a.bag, a.detections_topic)
             run.mode = f"{a.mode}:{a.detections_topic}"
         elif not a.checkpoint:
             print("labeldistill-bag-eval: --checkpoint is required (or --detections-topic)", file=sys.stderr)
@@ -527,9 +563,18 @@ def main(argv: list[str] | None = None) -> int:
 
             if "FASTDDS_DEFAULT_PROFILES_FILE" not in os.environ:
                 apply_dds_environment("local")  # large shared memory, nothing leaves the host
-            run = run_live(a.bag, a.checkpoint, a.device, a.score_threshold, a.max_detections, rate=a.rate,
-                           lockstep=a.lockstep, slop_s=a.slop_ms / 1e3, log_path=a.node_log)
-        rep = score(a.bag, run, a.dataroot, a.version, a.out, a.match_tol_ms, a.bev)
+            rec_dir = Path(tempfile.mkdtemp(prefix=".bag_eval_rec_"))
+            extra["recording"] = rec_dir / "recording"
+            try:
+                run = run_live(a.bag, a.checkpoint, a.device, a.score_threshold, a.max_detections, rate=a.rate,
+                               lockstep=a.lockstep, slop_s=a.slop_ms / 1e3, log_path=a.node_log,
+                               record_path=extra["recording"])
+                rep = score(a.bag, run, a.dataroot, a.version, a.out, a.match_tol_ms, a.bev, extra)
+            finally:
+                shutil.rmtree(rec_dir, ignore_errors=True)
+            print(format_table(rep))
+            return 0
+        rep = score(a.bag, run, a.dataroot, a.version, a.out, a.match_tol_ms, a.bev, extra)
     except BagError as exc:
         print(f"labeldistill-bag-eval: {exc}", file=sys.stderr)
         return 2
