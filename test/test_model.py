@@ -275,6 +275,18 @@ def test_pool_index_cache(small_cfg):
     assert len(nocache._cache) == 0
 
 
+def test_geometry_stays_fp32_under_autocast(small_cfg):
+    """Mixed precision must not touch the metre-scale geometry: the same cells with and without autocast."""
+    cfg = small_cfg
+    vt = LSSViewTransform(cfg.input_size, cfg.feature_stride, cfg.depth_net.depth_bound, cfg.bev_grid)
+    K, cam2ego, ida, _ = example_inputs(cfg, 6)[1:5]
+    bda = torch.tensor(g.bev_aug_matrix(0.3, 1.02, True), dtype=torch.float32)[None]
+    cells, valid = vt.cells(K, cam2ego, ida, bda)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cells_amp, valid_amp = vt.cells(K, cam2ego, ida, bda)
+    assert torch.equal(cells, cells_amp) and torch.equal(valid, valid_amp)
+
+
 # ------------------------------------------------------------------------------------------------ temporal
 def test_warp_bev_follows_ego_motion(small_cfg):
     grid = small_cfg.bev_grid  # 1.6 m cells, 64 x 64

@@ -24,7 +24,7 @@ from .decode import Detections, decode_detections
 from .depthnet import DepthNet
 from .head import CenterHead
 from .necks import SECONDFPN
-from .temporal import warp_bev
+from .temporal import cur2prev_transform, warp_bev
 from .view_transform import LSSViewTransform
 
 
@@ -129,7 +129,6 @@ class StudentDetector(nn.Module):
         if given.shape[1] != T or prev2curr.shape[1] != T:
             raise ValueError(f"the model expects {T} previous frames, got {given.shape[1]} (prev_bev/prev_images) "
                              f"and {prev2curr.shape[1]} (prev2curr)")
-        bda32 = bda.float()
         warped = []
         with torch.no_grad():
             for t in range(T):
@@ -137,8 +136,7 @@ class StudentDetector(nn.Module):
                     frame = prev_bev[:, t]
                 else:
                     frame = self.lift(prev_images[:, t], K, prev_cam2ego[:, t], ida, bda)[0]
-                cur2prev = bda32 @ torch.linalg.inv(prev2curr[:, t].float()) @ torch.linalg.inv(bda32)
-                warped.append(warp_bev(frame, cur2prev, self.cfg.bev_grid))
+                warped.append(warp_bev(frame, cur2prev_transform(prev2curr[:, t], bda), self.cfg.bev_grid))
         return warped
 
     # --------------------------------------------------------------------------------------------------- decode

@@ -121,7 +121,8 @@ class LSSViewTransform(nn.Module):
         """Flat BEV cell ``b * ny * nx + iy * nx + ix`` of every frustum point ``(B, N, D, h, w)`` and its
         validity mask (inside the grid)."""
         g = self.grid
-        p = frustum_to_ego(self.frustum, K, cam2ego, ida, bda)
+        with torch.autocast(device_type=K.device.type, enabled=False):  # metres need fp32, not fp16/bf16
+            p = frustum_to_ego(self.frustum, K, cam2ego, ida, bda)
         ix = torch.floor((p[..., 0] - g.x[0]) / g.x[2]).long()
         iy = torch.floor((p[..., 1] - g.y[0]) / g.y[2]).long()
         iz = torch.floor((p[..., 2] - g.z[0]) / g.z[2]).long()
