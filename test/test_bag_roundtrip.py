@@ -179,3 +179,26 @@ def test_player_publishes_bag_bytes_with_clock(make_bag, first_scene, rclpy_cont
     player.close()
     node.destroy_node()
     time.sleep(0.1)
+
+
+def test_cli_all_scenes_one_bag_or_clear_refusal(nusc_dataset, nusc, tmp_path, capsys):
+    """Several scenes go into one bag only if they share the calibration; otherwise the tool refuses before
+    writing anything."""
+    from labeldistill_training.tools.nusc2bag import main, plan_scenes
+
+    out = tmp_path / "all"
+    args = ["--dataroot", str(nusc_dataset[0]), "--version", nusc_dataset[1], "--out", str(out), "--no-progress"]
+    try:
+        plan_scenes(nusc, list(nusc.scene), None)
+    except SystemExit as exc:
+        with pytest.raises(SystemExit) as err:
+            main(args)
+        assert "one bag per scene" in str(err.value) and str(exc) == str(err.value)
+        assert not out.exists()
+    else:
+        assert main(args) == 0
+        with BagReader(out) as r:
+            assert len(r.ground_truth()) == len(nusc.sample)
+    with pytest.raises(SystemExit, match="not in"):
+        main([a if a != str(out) else str(tmp_path / "none") for a in args] + ["--scenes", "no-such-scene"])
+    assert not (tmp_path / "none").exists()
