@@ -49,6 +49,7 @@ BAD = [
     ("backbone.depth", "fifty", ["'backbone.depth' must be an integer", "'fifty'"]),
     ("backbone.depth", 101, ["backbone.depth = 101", "[18, 34, 50]"]),
     ("depth_net.use_dcn", 1, ["'depth_net.use_dcn' must be true or false"]),
+    ("depth_net.mid_channels", 66, ["depth_net.mid_channels = 66", "multiple of 4", "use_dcn: false"]),
     ("depth_net.num_bins", 100, ["depth_net.num_bins = 100", "gives 112 bins", "set num_bins: 112"]),
     ("depth_net.depth_bound", [2.0, 58.0, 0.3], ["not a multiple of step 0.3"]),
     ("depth_net.depth_bound", [2.0, 58.0], ["'depth_net.depth_bound' must have 3 entries"]),

@@ -281,6 +281,9 @@ def _validate(cfg: ModelConfig, src: str) -> None:
     dn = cfg.depth_net
     for k in ("mid_channels", "context_channels", "num_bins"):
         _check(getattr(dn, k) > 0, src, f"depth_net.{k} must be > 0, got {getattr(dn, k)}")
+    _check(not dn.use_dcn or dn.mid_channels % 4 == 0, src,
+           f"depth_net.mid_channels = {dn.mid_channels} must be a multiple of 4 (the deformable conv has 4 groups) "
+           f"or set depth_net.use_dcn: false")
     _check(dn.num_res_blocks >= 0, src, f"depth_net.num_res_blocks must be >= 0, got {dn.num_res_blocks}")
     dmin, dmax, dstep = dn.depth_bound
     _check(0 < dmin < dmax and dstep > 0, src,

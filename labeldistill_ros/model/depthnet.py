@@ -141,7 +141,7 @@ class DepthNet(nn.Module):
         if use_aspp:
             layers.append(ASPP(mid_ch, mid_ch))
         if use_dcn:
-            layers.append(DeformConv2d(mid_ch, mid_ch, groups=4 if mid_ch % 4 == 0 else 1))
+            layers.append(DeformConv2d(mid_ch, mid_ch, groups=4))
         layers.append(nn.Conv2d(mid_ch, num_bins, 1))
         self.depth_conv = nn.Sequential(*layers)
 

@@ -145,10 +145,3 @@ class StudentDetector(nn.Module):
         calibration, after ``bda``), with the config's thresholds and NMS."""
         c = self.cfg
         return decode_detections(head_outputs, c.head.task_groups, c.class_names, c.bev_grid, c.decode)
-
-    @torch.no_grad()
-    def detect(self, images, K, cam2ego, ida, bda=None, **prev) -> list[Detections]:
-        """Inference convenience: forward (``bda`` defaults to identity) then :meth:`decode`."""
-        if bda is None:
-            bda = torch.eye(4, device=images.device).expand(images.shape[0], 4, 4)
-        return self.decode(self(images, K, cam2ego, ida, bda, **prev).head_outputs)

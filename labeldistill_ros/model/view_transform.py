@@ -162,9 +162,6 @@ class LSSViewTransform(nn.Module):
             self._cache.move_to_end(key)
         return index
 
-    def clear_cache(self) -> None:
-        self._cache.clear()
-
     # ------------------------------------------------------------------------------------------------- pooling
     def forward(self, depth, context, K, cam2ego, ida, bda) -> torch.Tensor:
         if torch.compiler.is_compiling() or torch.jit.is_tracing():
