@@ -175,7 +175,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--topics", nargs="*", default=None)
     p.add_argument("--delay", type=float, default=1.0, help="seconds to wait for subscribers (discovery)")
     p.add_argument("--loop", action="store_true")
+    p.add_argument("--dds", choices=("none", "local", "vehicle"), default="none",
+                   help="apply a shipped Fast DDS profile (large shared memory for raw images; must match the "
+                        "node's); none keeps the environment's middleware settings")
     a = p.parse_args(argv)
+    if a.dds != "none":
+        from ..dds import apply_dds_environment
+
+        apply_dds_environment(a.dds)
 
     import rclpy
 

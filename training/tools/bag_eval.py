@@ -148,10 +148,8 @@ def run_offline(bag: str | Path, checkpoint: str, device: str = "cpu", precision
                                   [cs.stamps_ns[j] for j in present], lookup, 0.0)
                 d = det.detect(images, c.Ks, c.cam2target, cameras=present)
                 lat.append((time.perf_counter() - t0) * 1e3)
-                boxes = np.asarray(d.boxes, dtype=np.float64).reshape(-1, np.shape(d.boxes)[-1] if len(d.boxes) else 9)
-                b9 = np.zeros((len(boxes), 9))
-                b9[:, : boxes.shape[1]] = boxes[:, :9]
-                frames.append(BoxFrame(cs.stamp_ns, target_frame, b9, list(d.names),
+                frames.append(BoxFrame(cs.stamp_ns, target_frame, np.asarray(d.boxes, np.float64).reshape(-1, 9),
+                                       list(d.names),
                                        np.asarray(d.scores, dtype=np.float64), receive_ns=t_ns))
         bar.close()
     return Run(mode="offline", frames=frames, latency_ms=lat, sets=n_sets,
