@@ -202,3 +202,21 @@ def test_cli_all_scenes_one_bag_or_clear_refusal(nusc_dataset, nusc, tmp_path, c
     with pytest.raises(SystemExit, match="not in"):
         main([a if a != str(out) else str(tmp_path / "none") for a in args] + ["--scenes", "no-such-scene"])
     assert not (tmp_path / "none").exists()
+
+
+def test_player_keeps_the_bag_timing_scaled_by_rate(make_bag, first_scene, rclpy_context):
+    import rclpy
+
+    from labeldistill_ros.bag.player import BagPlayer
+
+    bag = make_bag("compressed_mcap", scenes=[first_scene])
+    node = rclpy.create_node("bag_player_timing", context=rclpy_context)
+    sent: list[tuple[int, float]] = []
+    player = BagPlayer(node, bag, rate=3.0, clock=True, on_publish=lambda _t, ns, wall: sent.append((ns, wall)))
+    player.play()
+    player.close()
+    node.destroy_node()
+    bag_s = np.array([(ns - sent[0][0]) / 1e9 for ns, _ in sent])
+    wall_s = np.array([w - sent[0][1] for _, w in sent])
+    assert bag_s[-1] > 1.0  # the scene spans several key frames
+    np.testing.assert_allclose(wall_s, bag_s / 3.0, atol=0.08)
