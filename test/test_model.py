@@ -270,6 +270,13 @@ def test_pool_index_cache(small_cfg):
     vt(depth, ctx, K, cam2ego, ida, bdas[1])
     vt(depth, ctx, K, cam2ego, ida, bdas[2])
     assert len(vt._cache) == 2 and all(v is not index for v in vt._cache.values())  # LRU evicted the first calibration
+    # an entry built under inference_mode (e.g. validation) still serves a training step with autograd
+    vt._cache.clear()
+    with torch.inference_mode():
+        vt(depth, ctx, K, cam2ego, ida, bdas[0])
+    ctx_grad = ctx.clone().requires_grad_()
+    vt(depth, ctx_grad, K, cam2ego, ida, bdas[0]).sum().backward()
+    assert len(vt._cache) == 1 and ctx_grad.grad.abs().sum() > 0
     nocache = LSSViewTransform(cfg.input_size, cfg.feature_stride, cfg.depth_net.depth_bound, cfg.bev_grid, cache_size=0)
     torch.testing.assert_close(nocache(depth, ctx, K, cam2ego, ida, bdas[0]), first)
     assert len(nocache._cache) == 0

@@ -58,6 +58,7 @@ def frustum_to_ego(
     ``bda (B, 4, 4)`` -> ``(B, N, D, h, w, 3)`` metres.
     """
     B, N = K.shape[:2]
+    frustum = frustum.float()
     K4 = torch.zeros(B, N, 4, 4, dtype=torch.float32, device=K.device)
     K4[..., :3, :3] = K.float()
     K4[..., 3, 3] = 1.0
@@ -131,8 +132,9 @@ class LSSViewTransform(nn.Module):
         return (b * g.ny + iy) * g.nx + ix, valid
 
     def build_index(self, K, cam2ego, ida, bda) -> PoolIndex:
-        """Compute the :class:`PoolIndex` of one calibration (no gradients, any device)."""
-        with torch.no_grad():
+        """Compute the :class:`PoolIndex` of one calibration (no gradients, any device). The index is made of
+        normal tensors even under ``torch.inference_mode`` so a cached entry also serves later autograd calls."""
+        with torch.inference_mode(False), torch.no_grad():
             cell, valid = self.cells(K, cam2ego, ida, bda)
             B, N, D, h, w = cell.shape
             num_pix = B * N * h * w
