@@ -23,7 +23,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..geometry import make_transform, matrix_to_quat, pose_to_box, quat_to_matrix
+from ..geometry import make_transform, matrix_to_quat, pose_to_box
 from .typestore import typestore
 
 GT_DETECTIONS = "/ground_truth/detections"
@@ -330,18 +330,7 @@ class BagReader:
 
     def sensor_to_base(self, frame: str, base: str = BASE_FRAME) -> np.ndarray:
         """``frame -> base`` 4x4 by chaining ``/tf_static`` (raises ``LookupError`` if not connected)."""
-        static = self.static_transforms()
-        T = np.eye(4)
-        cur = frame
-        for _ in range(32):
-            if cur == base:
-                return T
-            if cur not in static:
-                break
-            parent, M = static[cur]
-            T = M @ T
-            cur = parent
-        raise LookupError(f"{self.path}: no /tf_static chain from '{frame}' to '{base}'")
+        return chain_static(self.static_transforms(), frame, base)
 
     def trajectory(self, parent: str = MAP_FRAME, child: str = BASE_FRAME) -> Trajectory:
         """``child -> parent`` poses from ``/tf`` (default ``base_link -> map``, the ego pose)."""
@@ -444,6 +433,20 @@ class BagReader:
         return out
 
 
+def chain_static(static: dict[str, tuple[str, np.ndarray]], source: str, target: str) -> np.ndarray:
+    """``source -> target`` 4x4 by walking ``{child: (parent, child -> parent)}`` upwards from ``source``
+    (``target`` must be an ancestor, e.g. ``CAM_FRONT`` -> ``base_link``); ``LookupError`` otherwise."""
+    T, cur = np.eye(4), source
+    for _ in range(64):
+        if cur == target:
+            return T
+        if cur not in static:
+            break
+        parent, M = static[cur]
+        T, cur = M @ T, parent
+    raise LookupError(f"no /tf_static chain from '{source}' to '{target}'")
+
+
 def nearest_index(stamps_ns: Sequence[int], t_ns: int) -> int:
     """Index of the stamp in sorted ``stamps_ns`` nearest to ``t_ns`` (-1 if empty)."""
     if not len(stamps_ns):
@@ -456,5 +459,6 @@ def nearest_index(stamps_ns: Sequence[int], t_ns: int) -> int:
     return i if stamps_ns[i] - t_ns < t_ns - stamps_ns[i - 1] else i - 1
 
 
-__all__ = ["BagError", "BagReader", "BoxFrame", "CameraInfo", "ImageMsg", "Trajectory", "decode_compressed",
-           "detections_from_msg", "image_from_msg", "nearest_index", "quat_to_matrix", "stamp_to_ns"]
+__all__ = ["BagError", "BagReader", "BoxFrame", "CameraInfo", "ImageMsg", "Trajectory", "chain_static",
+           "decode_compressed",
+           "detections_from_msg", "image_from_msg", "nearest_index", "stamp_to_ns"]

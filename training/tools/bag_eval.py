@@ -2,13 +2,12 @@
 
 Three ways to get detections, one scorer:
 
-* ``offline``: reads the bag and runs the node's own pipeline without middleware: the node's set collector
-  (:class:`labeldistill_ros.node.sync.SetCollector`), its image decoding and calibration cache, camera ->
-  base_link from the bag's ``/tf_static``, and :class:`labeldistill_ros.inference.Detector`;
+* ``offline``: reads the bag and runs the node's own pipeline without middleware
+  (:func:`labeldistill_ros.bag.replay.run_offline`);
 * ``live``: starts ``detector_node`` (``use_sim_time:=true``) as a subprocess, plays the bag through real
-  rclpy with ``/clock`` (:class:`labeldistill_ros.bag.player.BagPlayer`) and records
-  ``/labeldistill_detector/output/detections``; ``--lockstep`` waits for each set's output before the next set
-  (deterministic, nothing superseded), otherwise the bag plays at ``--rate``;
+  rclpy with ``/clock`` and records ``/labeldistill_detector/output/detections``
+  (:func:`labeldistill_ros.bag.replay.run_live`); ``--lockstep`` waits for each set's output before the next
+  set (deterministic, nothing superseded), otherwise the bag plays at ``--rate``;
 * ``--detections-topic TOPIC`` (both modes' scorer on a topic already in the bag, e.g. a recorded run, or
   ``/ground_truth/detections`` to check the pipeline: mAP = NDS = 1).
 
@@ -26,293 +25,20 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from labeldistill_ros.bag.reader import (GT_DETECTIONS, BagError, BagReader, BoxFrame, Trajectory,
-                                         detections_from_msg, nearest_index)
-from labeldistill_ros.geometry import CLASS_NAMES, boxes_to_nuscenes, box_corners
+from labeldistill_ros.bag.reader import BagError, BagReader, BoxFrame, Trajectory, nearest_index
+from labeldistill_ros.bag.replay import NODE_OUTPUT, Run, frames_from_topic, run_live, run_offline
+from labeldistill_ros.geometry import CLASS_NAMES, box_corners
 
-NODE_NAME = "labeldistill_detector"
-NODE_OUTPUT = f"/{NODE_NAME}/output/detections"
+__all__ = ["NODE_OUTPUT", "Run", "frames_from_topic", "run_live", "run_offline", "match_frames", "results_json",
+           "detection_eval", "score", "format_table", "main"]
+
 MAX_BOXES = 500  # devkit limit per sample
-
-
-@dataclass
-class Run:
-    """Detections of one run: frames in base_link with the per-frame latency (ms) where measured."""
-
-    mode: str
-    frames: list[BoxFrame]
-    latency_ms: list[float] = field(default_factory=list)
-    sets: int = 0  # camera sets formed (offline) / published (live)
-    info: dict = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Sources of detections
-# --------------------------------------------------------------------------------------------------------------
-def frames_from_topic(bag: str | Path, topic: str) -> Run:
-    """Detection frames of ``topic`` in ``bag`` (``/ground_truth/detections``, a recorded node output, or the
-    ``recording`` bag a live run leaves in its output folder)."""
-    with BagReader(bag) as r:
-        frames = r.detections(topic)
-    return Run(mode=f"topic:{topic}", frames=frames, sets=len(frames))
-
-
-def _bag_lookup(static: dict):
-    """``lookup(target, source, stamp_ns, timeout_s) -> 4x4 source -> target`` over the bag's /tf_static."""
-    def lookup(target: str, source: str, stamp_ns: int, timeout_s: float) -> np.ndarray:
-        T, cur = np.eye(4), source
-        for _ in range(32):
-            if cur == target:
-                return T
-            if cur not in static:
-                break
-            parent, M = static[cur]
-            T, cur = M @ T, parent
-        raise LookupError(f"no /tf_static chain from '{source}' to '{target}' in the bag")
-    return lookup
-
-
-def run_offline(bag: str | Path, checkpoint: str, device: str = "cpu", precision: str = "fp32",
-                score_threshold: float = 0.3, max_detections: int = 200, cameras: list[str] | None = None,
-                slop_s: float = 0.06, target_frame: str = "base_link", progress: bool = True) -> Run:
-    """The node's pipeline on every synchronised camera set of the bag, in one process, no middleware.
-
-    Data flow: bag message -> SetCollector (stamps, nanoseconds) -> decoded RGB ``(H, W, 3)`` uint8 + K (3x3,
-    from CameraInfo) + camera -> ``target_frame`` (from /tf_static) -> ``Detector.detect`` -> boxes ``(N, 9)`` in
-    ``target_frame``. Latency = decode + calibration + detect, wall ms per set.
-    """
-    from tqdm import tqdm
-
-    from labeldistill_ros.inference import Detector
-    from labeldistill_ros.node.calibration import CalibrationCache
-    from labeldistill_ros.node.params import NUSCENES_CAMERAS
-    from labeldistill_ros.node.ros_compat import compressed_to_rgb, image_to_rgb
-    from labeldistill_ros.node.sync import SetCollector
-
-    cams = list(cameras or NUSCENES_CAMERAS)
-    det = Detector(checkpoint, device=device, precision=precision, score_threshold=score_threshold,
-                   max_detections=max_detections)
-    frames, lat = [], []
-    n_sets = 0
-    with BagReader(bag) as r:
-        avail = r.camera_topics()
-        missing = [c for c in cams if c not in avail]
-        if missing:
-            raise BagError(f"{bag}: no image topic for camera(s) {missing} (have {sorted(avail)})")
-        lookup = _bag_lookup(r.static_transforms())
-        calib = CalibrationCache(cams, target_frame)
-        topic_cam = {avail[c][0]: (i, avail[c][1]) for i, c in enumerate(cams)}
-        info_cam = {f"/{c}/camera_info": i for i, c in enumerate(cams)}
-        # Start from each camera's first CameraInfo (a bag may record it just after the image), then follow
-        # the stream.
-        infos: list = [None] * len(cams)
-        for topic, _, msg in r.messages(list(info_cam)):
-            if infos[info_cam[topic]] is None:
-                infos[info_cam[topic]] = msg
-            if all(i is not None for i in infos):
-                break
-        collector = SetCollector(len(cams), slop_s, timeout_s=max(0.5, slop_s), policy="drop_set")
-        n_imgs = sum(r.topics()[t][1] for t in topic_cam)
-        bar = tqdm(total=n_imgs, desc="offline", unit="img", disable=not progress)
-        for topic, t_ns, msg in r.messages(list(topic_cam) + list(info_cam)):
-            if topic in info_cam:
-                infos[info_cam[topic]] = msg
-                continue
-            bar.update(1)
-            i, comp = topic_cam[topic]
-            stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-            # Bag time as the receive clock: the collector's timeout then acts in dataset time.
-            for cs in collector.add(i, stamp, (msg, comp), t_ns / 1e9):
-                n_sets += 1
-                t0 = time.perf_counter()
-                present = cs.present
-                for j in present:
-                    if infos[j] is None:
-                        raise BagError(f"{bag}: no camera_info for {cams[j]} (topic /{cams[j]}/camera_info)")
-                    calib.update_info(j, infos[j])
-                images = [compressed_to_rgb(cs.items[j][0], cams[j]) if cs.items[j][1]
-                          else image_to_rgb(cs.items[j][0], cams[j]) for j in present]
-                c = calib.resolve(present, [cs.items[j][0].header.frame_id for j in present],
-                                  [(im.shape[1], im.shape[0]) for im in images],
-                                  [cs.stamps_ns[j] for j in present], lookup, 0.0)
-                d = det.detect(images, c.Ks, c.cam2target, cameras=present)
-                lat.append((time.perf_counter() - t0) * 1e3)
-                frames.append(BoxFrame(cs.stamp_ns, target_frame, np.asarray(d.boxes, np.float64).reshape(-1, 9),
-                                       list(d.names),
-                                       np.asarray(d.scores, dtype=np.float64), receive_ns=t_ns))
-        bar.close()
-    return Run(mode="offline", frames=frames, latency_ms=lat, sets=n_sets,
-               info={"sync": collector.counters.as_dict(), "model": det.describe()})
-
-
-class _Recorder:
-    """Subscribes to the node's detections and keeps (message, receive monotonic time)."""
-
-    def __init__(self, node, topic: str):
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
-        from vision_msgs.msg import Detection3DArray
-
-        self.items: list[tuple[object, float]] = []
-        self.cond = threading.Condition()
-        self.sub = node.create_subscription(Detection3DArray, topic, self._cb,
-                                            QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
-
-    def _cb(self, msg) -> None:
-        with self.cond:
-            self.items.append((msg, time.monotonic()))
-            self.cond.notify_all()
-
-    def wait_count(self, n: int, timeout_s: float) -> bool:
-        with self.cond:
-            return self.cond.wait_for(lambda: len(self.items) >= n, timeout=timeout_s)
-
-    def wait_settled(self, n: int, timeout_s: float, idle_s: float) -> bool:
-        """Wait for ``n`` items, but stop early once nothing new arrived for ``idle_s`` (dropped sets)."""
-        deadline = time.monotonic() + timeout_s
-        last_n, last_t = len(self.items), time.monotonic()
-        while time.monotonic() < deadline:
-            if self.wait_count(n, min(0.1, max(0.0, deadline - time.monotonic()))):
-                return True
-            if len(self.items) != last_n:
-                last_n, last_t = len(self.items), time.monotonic()
-            elif time.monotonic() - last_t > idle_s:
-                return False
-        return len(self.items) >= n
-
-
-def run_live(bag: str | Path, checkpoint: str, device: str = "cpu", score_threshold: float = 0.3,
-             max_detections: int = 200, rate: float = 1.0, lockstep: bool = False, slop_s: float = 0.06,
-             startup_timeout_s: float = 120.0, set_timeout_s: float = 30.0, node_args: list[str] | None = None,
-             log_path: str | Path | None = None, record_path: str | Path | None = None) -> Run:
-    """Play the bag to a ``detector_node`` subprocess (use_sim_time) and record its detections.
-
-    Latency = receive time of a detection frame - publish time of the last image of its set (wall ms, includes
-    DDS transport both ways). ``lockstep``: before the images of set k+1 go out, wait (up to ``set_timeout_s``)
-    until k outputs arrived, so no set is superseded by a newer one. ``record_path``: also write the node's
-    detections and markers to a new bag there (:class:`labeldistill_ros.bag.recorder.BagRecorder`).
-    """
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-
-    from labeldistill_ros.bag.player import BagPlayer
-
-    with BagReader(bag) as r:
-        avail = r.camera_topics()
-    if not avail:
-        raise BagError(f"{bag}: no camera image topics")
-    compressed = all(c for _, c in avail.values())
-    cmd = [sys.executable, "-m", "labeldistill_ros.node.detector_node", "--ros-args",
-           "-p", "use_sim_time:=true", "-p", f"checkpoint:={checkpoint}", "-p", f"device:={device}",
-           "-p", f"score_threshold:={score_threshold}", "-p", f"max_detections:={max_detections}",
-           "-p", f"image_transport:={'compressed' if compressed else 'raw'}",
-           "-p", "input_reliability:=reliable", "-p", "input_depth:=20", "-p", f"sync_slop_s:={slop_s}",
-           "-p", "sync_timeout_s:=5.0", *(node_args or [])]
-    log = open(log_path, "w") if log_path else subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    node = rclpy.create_node("labeldistill_bag_eval", context=ctx)
-    ex = SingleThreadedExecutor(context=ctx)
-    ex.add_node(node)
-    spin = threading.Thread(target=ex.spin, daemon=True)
-    rec = _Recorder(node, NODE_OUTPUT)
-    bag_rec = None
-    if record_path is not None:
-        from labeldistill_ros.bag.recorder import BagRecorder
-
-        bag_rec = BagRecorder(node, record_path, {NODE_OUTPUT: "vision_msgs/msg/Detection3DArray",
-                                                  f"/{NODE_NAME}/output/markers": "visualization_msgs/msg/MarkerArray"})
-    image_topics = {t for t, _ in avail.values()}
-    published: dict[int, float] = {}  # image stamp (bag ns) -> publish monotonic time
-    state = {"set_lo": None, "sets": 0, "missed": 0}
-
-    def before(topic: str, t_ns: int) -> None:
-        if topic not in image_topics or not lockstep:
-            return
-        lo = state["set_lo"]
-        if lo is None or t_ns > lo + int(slop_s * 1e9):
-            if lo is not None and not rec.wait_count(state["sets"] - state["missed"], set_timeout_s):
-                state["missed"] += 1  # the node skipped the set (it logs why); counted as dropped
-            state["set_lo"] = t_ns
-            state["sets"] += 1
-
-    def after(topic: str, t_ns: int, wall: float) -> None:
-        if topic in image_topics:
-            published[t_ns] = wall
-
-    try:
-        spin.start()
-        player = BagPlayer(node, bag, rate=0.0 if lockstep else rate, clock=True, on_publish=after)
-        player.before_publish = before
-        # Everything the node subscribes to must be matched before the first message goes out.
-        node_inputs = sorted(image_topics | {t for t in player.topics if t.endswith("/camera_info")} |
-                             {"/tf", "/tf_static"})
-        t_start = time.monotonic()
-        while time.monotonic() - t_start < startup_timeout_s:
-            if proc.poll() is not None:
-                raise RuntimeError(f"detector_node exited with status {proc.returncode} at start-up "
-                                   f"(log: {log_path})")
-            if not player.wait_for_subscribers(node_inputs, 0.2) and rec.sub.get_publisher_count() > 0:
-                break
-        else:
-            raise RuntimeError(f"detector_node not ready after {startup_timeout_s} s (log: {log_path})")
-        # Calibration before the first image (the node skips a set whose CameraInfo has not arrived yet).
-        player.prime([t for t in node_inputs if t.endswith("/camera_info")])
-        time.sleep(0.5)
-        player.play()
-        n_sets = state["sets"] if lockstep else _count_sets(sorted(published), slop_s)
-        # The node may have dropped sets (too slow for the rate): stop waiting once its output has settled.
-        gaps = np.diff([w for _, w in rec.items]) if len(rec.items) > 1 else [1.0]
-        rec.wait_settled(n_sets - state["missed"], set_timeout_s, idle_s=max(3.0, 3 * float(np.max(gaps))))
-        time.sleep(0.2)
-        player.close()
-    finally:
-        ex.shutdown(timeout_sec=1.0)
-        if bag_rec is not None:
-            bag_rec.close()
-        node.destroy_node()
-        rclpy.try_shutdown(context=ctx)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        if log is not subprocess.DEVNULL:
-            log.close()
-    stamps = sorted(published)
-    frames, lat = [], []
-    for msg, wall in rec.items:
-        f = detections_from_msg(msg)
-        f.receive_ns = int(wall * 1e9)
-        frames.append(f)
-        lo = np.searchsorted(stamps, f.stamp_ns)
-        hi = np.searchsorted(stamps, f.stamp_ns + int(slop_s * 1e9), side="right")
-        if hi > lo:
-            lat.append((wall - max(published[s] for s in stamps[lo:hi])) * 1e3)
-    return Run(mode="live" + ("-lockstep" if lockstep else f"-rate{rate:g}"), frames=frames, latency_ms=lat,
-               sets=n_sets, info={"node_cmd": " ".join(cmd), "lockstep_timeouts": state["missed"]})
-
-
-def _count_sets(stamps: list[int], slop_s: float) -> int:
-    """Number of camera sets among sorted image stamps (a new set starts beyond ``slop_s`` of the first)."""
-    n, lo = 0, None
-    for s in stamps:
-        if lo is None or s > lo + int(slop_s * 1e9):
-            n, lo = n + 1, s
-    return n
 
 
 # --------------------------------------------------------------------------------------------------------------
