@@ -1,5 +1,15 @@
-"""rosbag2 support without a ROS install (``rosbags``): a typestore that knows vision_msgs, a reader for the
-project's bag conventions (camera sets, calibration, TF, ground truth, detections) and a small player.
+"""rosbag2 support without a ROS install (``rosbags``), one job per module:
+
+* :mod:`.typestore`: the ROS 2 Kilted typestore with vision_msgs registered from its ``.msg`` files;
+* :mod:`.reader`: read the conventions below (images, calibration, interpolated ego poses, ground truth,
+  detections), with :class:`.reader.BagError` naming the file and the damage for unreadable bags;
+* :mod:`.player`: play a bag through rclpy (raw CDR bytes, original timing x rate, ``/clock``, recorded QoS);
+* :mod:`.recorder`: record rclpy topics to a bag;
+* :mod:`.replay`: run the detector on a bag, offline (the node's pipeline in-process) or live (the node as a
+  process, fed by the player);
+* :mod:`.mcap`: chunk CRCs for MCAP files written by rosbags.
+
+Importing this package loads none of them (rosbags and rclpy are imported by the modules that need them).
 
 Bag conventions (written by ``labeldistill-nusc2bag``, expected by the detector node's defaults):
     * frames ``map -> base_link -> CAM_*`` / ``LIDAR_TOP`` (nuScenes channel names);
