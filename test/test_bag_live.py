@@ -44,6 +44,18 @@ def test_offline_runs_the_node_pipeline_on_every_set(offline, bag):
         assert abs(f.stamp_ns - g.stamp_ns) < 60_000_000  # set stamp (earliest camera) near the key frame
 
 
+def test_raw_image_bag_gives_the_same_detections(offline, make_bag, first_scene, checkpoint):
+    """rgb8 Images hold the decoded JPEG pixels, so the raw path finds exactly what the compressed path finds."""
+    from labeldistill_ros.bag.replay import run_offline
+
+    raw_bag = make_bag("two_keyframes_raw", scenes=[first_scene], max_samples=2, images="raw")
+    raw = run_offline(raw_bag, str(checkpoint), device="cpu", score_threshold=THRESHOLD, progress=False)
+    assert [f.stamp_ns for f in raw.frames] == [f.stamp_ns for f in offline.frames]
+    for a, b in zip(raw.frames, offline.frames):
+        assert a.names == b.names
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+
+
 def test_live_replay_equals_offline(offline, bag, checkpoint, nusc_dataset, tmp_path):
     from labeldistill_training.tools.bag_eval import NODE_OUTPUT, frames_from_topic, run_live, score
 
