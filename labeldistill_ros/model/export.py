@@ -3,9 +3,9 @@
 Why torch.export: it captures the whole forward as one ATen graph with checked input shapes, serialises it
 to a single ``.pt2`` file that loads and runs without this package's Python classes
 (``torch.export.load(path).module()``), and it is the entry point of PyTorch's deployment back ends
-(AOTInductor, Torch-TensorRT, ExecuTorch). TorchScript is in maintenance mode and its tracer would bake the
-pooling cache's Python logic into constants; ONNX would need the ``onnx`` package (not installed) plus a
-custom mapping for sparse tensors.
+(AOTInductor, Torch-TensorRT, ExecuTorch). TorchScript is in maintenance mode (torch.export replaces it) and
+its tracer does not check input shapes; ONNX export needs the ``onnx``/``onnxscript`` packages, which the
+vehicle image does not carry (an exported program can still be converted to ONNX offline).
 
 The exported graph takes the calibration as inputs, so one file serves any camera rig of the same camera
 count and image size. The cached sparse pooling of eager mode is data-dependent Python, so under export the
