@@ -48,11 +48,12 @@ class StudentOutput:
 
 
 class StudentDetector(nn.Module):
-    """The whole detector; build it with :meth:`from_config`.
+    """The whole detector (sub-modules take explicit arguments; this class wires them from the config).
 
-    Args (all explicit; :meth:`from_config` fills them from a :class:`ModelConfig`):
+    Args:
         cfg: validated model configuration (kept for decoding and checkpoints).
-        cache_size: calibrations whose pooling index is cached (0: rebuild every call).
+        cache_size: calibrations whose pooling index is cached (0: rebuild every call, e.g. training with a
+            random augmentation per sample).
     """
 
     def __init__(self, cfg: ModelConfig, cache_size: int = 4):
