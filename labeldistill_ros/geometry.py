@@ -226,13 +226,18 @@ def points_in_boxes(pts: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """
     p = np.asarray(pts, dtype=np.float64)[:, :3]
     b = np.asarray(boxes, dtype=np.float64)
-    d = p[:, None, :] - b[None, :, :3]  # (M, N, 3)
+    b = b.reshape(-1, b.shape[-1]) if b.size else np.zeros((0, 7))
     c, s = np.cos(b[:, 6]), np.sin(b[:, 6])
-    lx = d[..., 0] * c + d[..., 1] * s
-    ly = -d[..., 0] * s + d[..., 1] * c
-    return (
-        (np.abs(lx) <= b[:, 3] / 2) & (np.abs(ly) <= b[:, 4] / 2) & (np.abs(d[..., 2]) <= b[:, 5] / 2)
-    )
+    out = np.zeros((len(p), len(b)), dtype=bool)
+    for start in range(0, len(p), 65536):  # bounded memory for large clouds
+        chunk = p[start : start + 65536]
+        dx, dy = chunk[:, :1] - b[:, 0], chunk[:, 1:2] - b[:, 1]
+        out[start : start + 65536] = (
+            (np.abs(dx * c + dy * s) <= b[:, 3] / 2)
+            & (np.abs(-dx * s + dy * c) <= b[:, 4] / 2)
+            & (np.abs(chunk[:, 2:3] - b[:, 2]) <= b[:, 5] / 2)
+        )
+    return out
 
 
 def transform_boxes(boxes: np.ndarray, T: np.ndarray) -> np.ndarray:
