@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -195,7 +196,11 @@ def run_live(bag: str | Path, checkpoint: str, device: str = "cpu", score_thresh
            "-p", f"image_transport:={'compressed' if compressed else 'raw'}",
            "-p", "input_reliability:=reliable", "-p", "input_depth:=20", "-p", f"sync_slop_s:={slop_s}",
            "-p", "sync_timeout_s:=5.0", *(node_args or [])]
-    log = open(log_path, "w") if log_path else subprocess.DEVNULL
+    own_log = log_path is None
+    if own_log:
+        fd, log_path = tempfile.mkstemp(prefix="detector_node_", suffix=".log")
+        os.close(fd)
+    log = open(log_path, "w")
     proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
@@ -238,12 +243,12 @@ def run_live(bag: str | Path, checkpoint: str, device: str = "cpu", score_thresh
         t_start = time.monotonic()
         while time.monotonic() - t_start < startup_timeout_s:
             if proc.poll() is not None:
-                raise RuntimeError(f"detector_node exited with status {proc.returncode} at start-up "
-                                   f"(log: {log_path})")
+                raise RuntimeError(f"detector_node exited with status {proc.returncode} at start-up: "
+                                   f"{_tail(log_path)}")
             if not player.wait_for_subscribers(node_inputs, 0.2) and rec.sub.get_publisher_count() > 0:
                 break
         else:
-            raise RuntimeError(f"detector_node not ready after {startup_timeout_s} s (log: {log_path})")
+            raise RuntimeError(f"detector_node not ready after {startup_timeout_s} s: {_tail(log_path)}")
         # Calibration before the first image (the node skips a set whose CameraInfo has not arrived yet).
         player.prime([t for t in node_inputs if t.endswith("/camera_info")])
         time.sleep(0.5)
@@ -267,8 +272,9 @@ def run_live(bag: str | Path, checkpoint: str, device: str = "cpu", score_thresh
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=5)
-        if log is not subprocess.DEVNULL:
-            log.close()
+        log.close()
+        if own_log:
+            os.unlink(log_path)
     stamps = sorted(published)
     frames, lat = [], []
     for msg, wall in rec.items:
@@ -281,6 +287,15 @@ def run_live(bag: str | Path, checkpoint: str, device: str = "cpu", score_thresh
             lat.append((wall - max(published[s] for s in stamps[lo:hi])) * 1e3)
     return Run(mode="live" + ("-lockstep" if lockstep else f"-rate{rate:g}"), frames=frames, latency_ms=lat,
                sets=n_sets, info={"node_cmd": " ".join(cmd), "lockstep_timeouts": state["missed"]})
+
+
+def _tail(path: str | Path, lines: int = 15) -> str:
+    """The last lines of the node's log, for error messages."""
+    try:
+        text = Path(path).read_text(errors="replace").strip().splitlines()[-lines:]
+    except OSError:
+        return f"(no log at {path})"
+    return "node log:\n  " + "\n  ".join(text) if text else "(the node printed nothing)"
 
 
 def _count_sets(stamps: list[int], slop_s: float) -> int:

@@ -302,6 +302,13 @@ def main(argv: list[str] | None = None) -> int:
     except BagError as exc:
         print(f"labeldistill-bag-eval: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - model/node/dataset failures: one clear message, no results
+        from labeldistill_ros.inference import DetectorError
+
+        if not isinstance(exc, (DetectorError, RuntimeError, FileNotFoundError, AssertionError)):
+            raise
+        print(f"labeldistill-bag-eval: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     print(format_table(rep))
     return 0
 
