@@ -20,9 +20,19 @@ def bag(make_bag, first_scene):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from node_support import make_checkpoint
+    """A random-weight student of the small CPU config (config/model/r18_128x352_cpu.yaml)."""
+    import torch
 
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "random_r18.pt", seed=0)
+    from labeldistill_ros.model.checkpoint import save_checkpoint
+    from labeldistill_ros.model.config import load_model_config
+    from labeldistill_ros.model.student import StudentDetector
+    from labeldistill_ros.resources import share_file
+
+    torch.manual_seed(0)
+    model = StudentDetector.from_config(load_model_config(share_file("config", "model", "r18_128x352_cpu.yaml")))
+    path = tmp_path_factory.mktemp("ckpt") / "random_r18.pt"
+    save_checkpoint(path, model.eval())
+    return path
 
 
 @pytest.fixture(scope="module")
