@@ -233,6 +233,7 @@ def run_live(bag: str | Path, checkpoint: str, device: str = "cpu", score_thresh
         if topic in image_topics:
             published[t_ns] = wall
 
+    player = None
     try:
         spin.start()
         player = BagPlayer(node, bag, rate=0.0 if lockstep else rate, clock=True, on_publish=after)
@@ -258,8 +259,9 @@ def run_live(bag: str | Path, checkpoint: str, device: str = "cpu", score_thresh
         gaps = np.diff([w for _, w in rec.items]) if len(rec.items) > 1 else [1.0]
         rec.wait_settled(n_sets - state["missed"], set_timeout_s, idle_s=max(3.0, 3 * float(np.max(gaps))))
         time.sleep(0.2)
-        player.close()
     finally:
+        if player is not None:
+            player.close()
         ex.shutdown(timeout_sec=1.0)
         if bag_rec is not None:
             bag_rec.close()
