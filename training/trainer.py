@@ -20,7 +20,8 @@ Outputs under ``<trainer.work_dir>/<stage>/``:
   that finds it resumes at the next epoch, so a kill loses at most the current epoch.
 * ``epoch_NNN.pt``: the weights after epoch NNN (EMA weights when EMA is on), also atomic.
 * ``final.pt``: the deliverable weights (EMA when on) that later stages load: teacher, label encoder, or the
-  student (+ distiller adaptors).
+  student (+ distiller adaptors); the student stage also writes ``student.pt`` in the runtime's checkpoint
+  format (:func:`labeldistill_ros.model.checkpoint.save_checkpoint`), which the ROS node loads.
 * ``log.csv`` (one row per ``log_interval`` steps and per epoch end) and ``loss_curves.png``.
 * ``metrics.json``: DetectionEval (mAP, NDS, ...) on the val split after the last epoch.
 
@@ -729,6 +730,11 @@ class Trainer:
             distiller_sd = {k[len("distiller."):]: v for k, v in sd.items() if k.startswith("distiller.")}
             ck = weights_checkpoint("student", student_sd, self.cfg, self.model_cfg, epoch,
                                     distiller=distiller_sd, method=self.cfg.distill.method)
+            # the deployable student in the runtime's own checkpoint format (what the ROS node loads)
+            from labeldistill_ros.model.checkpoint import save_checkpoint
+
+            save_checkpoint(self.out_dir / "student.pt", module["student"],
+                            extra={"method": self.cfg.distill.method, "epoch": epoch + 1, "stage": "student"})
         else:
             ck = weights_checkpoint(self.stage, sd, self.cfg, self.model_cfg, epoch)
         atomic_save(ck, self.out_dir / "final.pt")
