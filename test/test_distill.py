@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_partition_slices():
     assert partition_slices(750) == (slice(0, 250), slice(250, 500), slice(500, 750))
+    assert partition_slices(750, (0.3333333333, 0.3333333333)) == partition_slices(750)
     assert partition_slices(300) == (slice(0, 100), slice(100, 200), slice(200, 300))
     assert partition_slices(32) == (slice(0, 10), slice(10, 20), slice(20, 32))
     with pytest.raises(ValueError):

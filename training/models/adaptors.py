@@ -7,6 +7,7 @@ by 3 the first two parts get ``C // 3`` channels and the third the rest.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -21,8 +22,8 @@ def partition_slices(channels: int, fractions: Sequence[float] = (1 / 3, 1 / 3))
     ``fractions``: the label and LiDAR shares (reference thirds); each part gets ``int(channels * share)``
     channels (at least 1), the student-only part the rest.
     """
-    a = max(1, int(channels * fractions[0] + 1e-9))
-    b = max(1, int(channels * fractions[1] + 1e-9))
+    a = max(1, math.floor(channels * fractions[0] + 1e-6))
+    b = max(1, math.floor(channels * fractions[1] + 1e-6))
     if a + b > channels:
         raise ValueError(f"partition of {channels} channels into {a} + {b} leaves nothing")
     return slice(0, a), slice(a, a + b), slice(a + b, channels)
