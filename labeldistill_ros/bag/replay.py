@@ -209,6 +209,12 @@ def run_live(bag: str | Path, checkpoint: str, device: str = "cpu", score_thresh
     ex.add_node(node)
     spin = threading.Thread(target=ex.spin, daemon=True)
     rec = _Recorder(node, NODE_OUTPUT)
+    from rclpy.qos import QoSProfile
+    from std_msgs.msg import Float64
+
+    node_ms: list[float] = []  # the node's own processing time per set (its debug topic), ms
+    node.create_subscription(Float64, f"/{NODE_NAME}/debug/processing_time/total_ms",
+                             lambda m: node_ms.append(float(m.data)), QoSProfile(depth=100))
     bag_rec = None
     if record_path is not None:
         from .recorder import BagRecorder
@@ -288,7 +294,17 @@ def run_live(bag: str | Path, checkpoint: str, device: str = "cpu", score_thresh
         if hi > lo:
             lat.append((wall - max(published[s] for s in stamps[lo:hi])) * 1e3)
     return Run(mode="live" + ("-lockstep" if lockstep else f"-rate{rate:g}"), frames=frames, latency_ms=lat,
-               sets=n_sets, info={"node_cmd": " ".join(cmd), "lockstep_timeouts": state["missed"]})
+               sets=n_sets, info={"node_cmd": " ".join(cmd), "lockstep_timeouts": state["missed"],
+                                  "node_processing_ms": summary_stats(node_ms)})
+
+
+def summary_stats(values: list[float]) -> dict:
+    """count, mean, p50, p90, p99, max of ``values`` (``{'count': 0}`` when empty)."""
+    if not values:
+        return {"count": 0}
+    a = np.asarray(values, dtype=np.float64)
+    return {"count": int(a.size), "mean": float(a.mean()), "p50": float(np.percentile(a, 50)),
+            "p90": float(np.percentile(a, 90)), "p99": float(np.percentile(a, 99)), "max": float(a.max())}
 
 
 def _tail(path: str | Path, lines: int = 15) -> str:

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from labeldistill_ros.bag.reader import BagError, BagReader, BoxFrame, Trajectory, nearest_index
-from labeldistill_ros.bag.replay import NODE_OUTPUT, Run, frames_from_topic, run_live, run_offline
+from labeldistill_ros.bag.replay import NODE_OUTPUT, Run, summary_stats, frames_from_topic, run_live, run_offline
 from labeldistill_ros.geometry import CLASS_NAMES, box_corners
 
 __all__ = ["NODE_OUTPUT", "Run", "frames_from_topic", "run_live", "run_offline", "match_frames", "results_json",
@@ -122,14 +122,6 @@ def _validate(results: dict, dataroot: str, version: str, tokens: list[str]) -> 
     return "ok"
 
 
-def latency_stats(lat_ms: list[float]) -> dict:
-    if not lat_ms:
-        return {"count": 0}
-    a = np.asarray(lat_ms)
-    return {"count": int(a.size), "mean": float(a.mean()), "p50": float(np.percentile(a, 50)),
-            "p90": float(np.percentile(a, 90)), "p99": float(np.percentile(a, 99)), "max": float(a.max())}
-
-
 def plot_bev(path: Path, gt: BoxFrame, det: BoxFrame | None, title: str, extent_m: float = 60.0) -> None:
     """BEV plot of one key frame in base_link (x forward to the right, y left upwards, metres): GT boxes green,
     detections red (opacity grows with the score); a line marks each heading."""
@@ -191,7 +183,7 @@ def score(bag: str | Path, run: Run, dataroot: str, version: str, out_dir: str |
             "drop_rate": 1.0 - len(matched) / n_key,
             "mAP": metrics["mean_ap"], "NDS": metrics["nd_score"],
             "tp_errors": metrics["tp_errors"], "class_ap": {k: float(v) for k, v in metrics["mean_dist_aps"].items()},
-            "latency_ms": latency_stats(run.latency_ms), "boxes": int(sum(len(f.boxes) for f in run.frames)),
+            "latency_ms": summary_stats(run.latency_ms), "boxes": int(sum(len(f.boxes) for f in run.frames)),
             "validation": validation, "info": run.info,
         }
         (tmp / "bag_eval.json").write_text(json.dumps(report, indent=2))
@@ -226,9 +218,10 @@ def format_table(rep: dict) -> str:
         f"{'class':<22}{'AP':>8}",
         *[f"{k:<22}{v:>8.4f}" for k, v in rep["class_ap"].items()],
     ]
-    if lat.get("count"):
-        lines.append(f"latency ms: mean {lat['mean']:.1f}  p50 {lat['p50']:.1f}  p90 {lat['p90']:.1f}  "
-                     f"p99 {lat['p99']:.1f}  max {lat['max']:.1f}  (n={lat['count']})")
+    for label, st in (("latency ms", lat), ("node processing ms", rep["info"].get("node_processing_ms", {}))):
+        if st.get("count"):
+            lines.append(f"{label}: mean {st['mean']:.1f}  p50 {st['p50']:.1f}  p90 {st['p90']:.1f}  "
+                         f"p99 {st['p99']:.1f}  max {st['max']:.1f}  (n={st['count']})")
     return "\n".join(lines)
 
 
