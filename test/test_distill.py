@@ -112,3 +112,28 @@ def test_labeldistill_partition_feeds_adaptors():
     assert lab[0][0, :, 0, 0].tolist() == list(range(0, 10)) and lid[0][0, :, 0, 0].tolist() == list(range(10, 20))
     assert lab[1].shape == (1, 10, 32, 32)
     assert [tuple(o.shape) for o in d.lidar_adaptor(lid)] == [(1, 16, 64, 64), (1, 32, 32, 32)]
+
+
+def test_cmkd_unlabeled_samples_train_from_the_teacher_alone(student_and_batch):
+    from labeldistill_training.trainer import is_unlabeled
+
+    cfg = _cfg("cmkd")
+    mcfg = load_model_config(cfg.model_config)
+    grid = bev_grid(mcfg)
+    student, batch = student_and_batch
+    student.zero_grad(set_to_none=True)
+    distiller = build_distiller("cmkd", (mcfg.bev_channels, mcfg.bev_trunk.base_channels), cfg.teacher.encoder_channels,
+                                cfg.teacher.backbone_channels, grid, cfg.distill.labeldistill, cfg.distill.unidistill,
+                                cfg.distill.cmkd, cfg.distill.stereodistill)
+    stage = StudentStage(student, distiller, Frozen(build_teacher(cfg, mcfg)), None,
+                         CenterPointTargetAssigner(grid, task_class_ids(mcfg)), CenterPointLoss(), None, grid, 10, 0.5,
+                         unlabeled_fraction=0.5)
+    stage.train()
+    loss, parts = stage({**batch, "has_labels": torch.tensor([False])})
+    assert float(parts["det_hm"]) == 0.0 and float(parts["det_reg"]) == 0.0
+    assert float(parts["kd_bev"]) > 0 and float(parts["kd_soft_cls"]) > 0
+    loss.backward()
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in student.parameters())
+    toks = [f"tok{i}" for i in range(400)]
+    frac = sum(is_unlabeled(t, 0.25) for t in toks) / len(toks)
+    assert 0.15 < frac < 0.35 and is_unlabeled("tok1", 0.25) == is_unlabeled("tok1", 0.25)

@@ -395,6 +395,8 @@ def _validate(cfg: TrainConfig, src: str) -> None:
     _check(ck.reg_weight_mode in ("sigmoid_sum_logits", "sum_probs"), src,
            "'distill.cmkd.reg_weight_mode' must be sigmoid_sum_logits or sum_probs")
     _check(0.0 <= ck.unlabeled_fraction < 1.0, src, "'distill.cmkd.unlabeled_fraction' must be in [0, 1)")
+    _check(ck.unlabeled_fraction == 0.0 or m == "cmkd", src,
+           "'distill.cmkd.unlabeled_fraction' > 0 needs distill.method: cmkd (the other methods need labels)")
     for name in STAGES:
         s = cfg.stage(name)
         k = f"stages.{name}"

@@ -366,6 +366,15 @@ def student_inputs(batch: dict) -> dict:
     return kw
 
 
+def is_unlabeled(sample_token: str, fraction: float) -> bool:
+    """Deterministic label withholding for CMKD's unlabeled-data mode: a sample is treated as unlabeled when the
+    hash of its token falls below ``fraction`` (the same samples in every epoch, on every rank)."""
+    import hashlib
+
+    h = int(hashlib.sha1(str(sample_token).encode()).hexdigest()[:8], 16) / 2 ** 32
+    return h < fraction
+
+
 # ================================================================================================================
 # Stage modules: forward(batch) -> (loss, parts)
 # ================================================================================================================
@@ -431,8 +440,10 @@ class StudentStage(nn.Module):
 
     def __init__(self, student: nn.Module, distiller: nn.Module, frozen_teacher: Optional[Frozen],
                  frozen_label_encoder: Optional[Frozen], assigner: CenterPointTargetAssigner, det_loss: CenterPointLoss,
-                 depth_loss: DepthLoss, grid: BevGrid, num_classes: int, footprint_scale: float) -> None:
+                 depth_loss: DepthLoss, grid: BevGrid, num_classes: int, footprint_scale: float,
+                 unlabeled_fraction: float = 0.0) -> None:
         super().__init__()
+        self.unlabeled_fraction = unlabeled_fraction
         self.student = student
         self.distiller = distiller
         self.frozen_teacher = frozen_teacher
@@ -449,6 +460,9 @@ class StudentStage(nn.Module):
         boxes, labels = gt_lists(batch)
         targets = self.assigner(boxes, labels)
         sample_mask = batch.get("has_labels")
+        if sample_mask is None and self.unlabeled_fraction > 0 and "sample_token" in batch:
+            sample_mask = torch.tensor([not is_unlabeled(t, self.unlabeled_fraction) for t in batch["sample_token"]],
+                                       device=out.bev_input.device)
         det, parts = self.det_loss(out.head_outputs, targets, sample_mask=sample_mask)
         parts = {"det_" + k: v for k, v in parts.items()}
         total = det
@@ -462,6 +476,8 @@ class StudentStage(nn.Module):
             label_feats = self.frozen_label_encoder(bm, lm)
         kd, kd_parts = self.distiller(out, teacher_out, label_feats, targets, boxes)
         parts.update({"kd_" + k: v for k, v in kd_parts.items()})
+        if sample_mask is not None:
+            parts["labeled_fraction"] = sample_mask.float().mean()
         return total + kd, parts
 
     @torch.no_grad()
@@ -551,7 +567,8 @@ class Trainer:
                           cfg.student.depth_loss_weight) if cfg.student.depth_loss_weight > 0 else None
         return StudentStage(student, distiller, teacher, label_encoder, assigner,
                             CenterPointLoss(cfg.student.code_weights), depth, self.grid, ncls,
-                            cfg.label_encoder.footprint_scale)
+                            cfg.label_encoder.footprint_scale,
+                            d.cmkd.unlabeled_fraction if d.method == "cmkd" else 0.0)
 
     def build_optimizer(self, trainable: nn.Module) -> torch.optim.Optimizer:
         lr = self.base_lr()
@@ -656,7 +673,7 @@ class Trainer:
                     break
                 t0 = time.perf_counter()
                 batch = batch_to(batch, dev)
-                with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.use_amp):
+                with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=self.use_amp):
                     loss, parts = model(batch)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"[{self.stage}] non-finite loss at epoch {epoch} step {step}: "
