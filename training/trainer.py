@@ -22,7 +22,8 @@ Outputs under ``<trainer.work_dir>/<stage>/``:
 * ``final.pt``: the deliverable weights (EMA when on) that later stages load: teacher, label encoder, or the
   student (+ distiller adaptors); the student stage also writes ``student.pt`` in the runtime's checkpoint
   format (:func:`labeldistill_ros.model.checkpoint.save_checkpoint`), which the ROS node loads.
-* ``log.csv`` (one row per ``log_interval`` steps and per epoch end) and ``loss_curves.png``.
+* ``log.csv`` (one row per ``log_interval`` steps and per epoch end) and ``loss_curves.png`` (plus TensorBoard
+  scalars under ``tb/`` when the ``tensorboard`` package is importable).
 * ``metrics.json``: DetectionEval (mAP, NDS, ...) on the val split after the last epoch.
 
 Distributed: launched by ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` set) the trainer joins a process
@@ -650,6 +651,7 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         logger = CsvLogger(self.out_dir / "log.csv", resume_step=step if start_epoch else None) \
             if self.dist.is_main else None
+        tb = _tensorboard(self.out_dir / "tb") if self.dist.is_main else None
         model = stage
         if self.dist.world > 1:
             model = nn.parallel.DistributedDataParallel(
@@ -701,6 +703,10 @@ class Trainer:
                 if logger is not None and (step % cfg.trainer.log_interval == 0 or it == n_iter - 1):
                     logger.log({"kind": "train", "epoch": epoch, "step": step, "lr": lr, "grad_norm": gnorm,
                                 "step_ms": dt * 1000, **vals})
+                    if tb is not None:
+                        for k, v in vals.items():
+                            tb.add_scalar(f"train/{k}", v, step)
+                        tb.add_scalar("train/lr", lr, step)
                 if kill_at and step == kill_at:
                     os.kill(os.getpid(), signal.SIGKILL)
             if bar is not None:
@@ -806,6 +812,16 @@ def _worker_init(worker_id: int) -> None:
     s = torch.initial_seed() % (2 ** 32)
     np.random.seed(s)
     random.seed(s)
+
+
+def _tensorboard(log_dir: Path):
+    """A TensorBoard ``SummaryWriter`` when the ``tensorboard`` package is installed, else ``None`` (CSV + PNG
+    logging always happens)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard not installed
+        return None
+    return SummaryWriter(str(log_dir))
 
 
 def _progress(enabled: bool, total: int, desc: str):
