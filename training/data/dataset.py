@@ -282,6 +282,27 @@ class NuScenesDataset(Dataset):
 
 
 def worker_init(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: one OpenCV/torch thread per worker (avoids oversubscribing the cores)."""
-    cv2.setNumThreads(1)
+    """DataLoader ``worker_init_fn``: one torch thread per worker (avoids oversubscribing the cores).
+
+    OpenCV's thread pool must not be reconfigured in a forked worker (``cv2.setNumThreads`` can deadlock there
+    on the parent's pool state): :func:`build_dataloader` sets it to 1 in the parent before forking instead.
+    """
     torch.set_num_threads(1)
+
+
+def build_dataloader(dataset: NuScenesDataset, batch_size: int, num_workers: int = 0, shuffle: bool | None = None,
+                     drop_last: bool = False, generator: torch.Generator | None = None,
+                     persistent_workers: bool = False) -> torch.utils.data.DataLoader:
+    """A DataLoader with :func:`~.collate.collate_batch` and fork-safe worker set-up.
+
+    ``shuffle`` defaults to ``dataset.training``. With workers, OpenCV is switched to single-threaded in this
+    process first (its pool is not fork-safe; each worker decodes and warps its own images anyway).
+    """
+    from .collate import collate_batch
+
+    if num_workers > 0:
+        cv2.setNumThreads(1)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=dataset.training if shuffle is None else shuffle,
+        num_workers=num_workers, collate_fn=collate_batch, worker_init_fn=worker_init if num_workers else None,
+        drop_last=drop_last, generator=generator, persistent_workers=persistent_workers and num_workers > 0)
