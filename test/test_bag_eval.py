@@ -38,6 +38,14 @@ def test_ground_truth_as_detections_scores_one(bag, nusc_dataset, tmp_path, caps
     assert "mAP 1.0000" in capsys.readouterr().out
 
 
+def test_ground_truth_of_a_multi_scene_bag_scores_one(make_bag, nusc_dataset, tmp_path):
+    out = tmp_path / "all"
+    assert _eval(make_bag("all_scenes"), nusc_dataset, out, "--detections-topic", "/ground_truth/detections",
+                 "--bev", "0") == 0
+    rep = json.loads((out / "bag_eval.json").read_text())
+    assert rep["mAP"] == pytest.approx(1.0) and rep["NDS"] == pytest.approx(1.0) and rep["drop_rate"] == 0.0
+
+
 def test_detections_go_to_the_global_frame_with_the_recorded_tf(bag, nusc_dataset):
     """Results translations equal the dataset's global annotations (the TF at the key-frame stamp is used)."""
     from nuscenes.nuscenes import NuScenes

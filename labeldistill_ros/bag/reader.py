@@ -217,6 +217,22 @@ class Trajectory:
                               (1 - a) * self.trans[i - 1] + a * self.trans[i])
 
 
+class StaticTimeline:
+    """The ``/tf_static`` state over receive time: ``at(t_ns)`` is the accumulated state after the last message
+    received at or before ``t_ns`` (the first state before any; ``{}`` if the bag has none)."""
+
+    def __init__(self, stamps_ns: list[int], states: list[dict]):
+        self.stamps, self.states = stamps_ns, states
+
+    def at(self, t_ns: int | None = None) -> dict[str, tuple[str, np.ndarray]]:
+        if not self.states:
+            return {}
+        if t_ns is None:
+            return self.states[-1]
+        i = bisect.bisect_right(self.stamps, t_ns) - 1
+        return self.states[max(i, 0)]
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The reader
 # --------------------------------------------------------------------------------------------------------------
@@ -320,13 +336,24 @@ class BagReader:
         return n
 
     # -- calibration and poses ---------------------------------------------------------------------------------
-    def static_transforms(self) -> dict[str, tuple[str, np.ndarray]]:
-        """``{child_frame: (parent_frame, child -> parent 4x4)}`` from ``/tf_static`` (last one wins)."""
-        out: dict[str, tuple[str, np.ndarray]] = {}
-        for _, _, msg in self.messages([TF_STATIC]):
+    def static_transforms(self, at_ns: int | None = None) -> dict[str, tuple[str, np.ndarray]]:
+        """``{child_frame: (parent_frame, child -> parent 4x4)}`` from ``/tf_static`` as a subscriber holds it at
+        receive time ``at_ns`` (later messages override earlier ones, as tf2 does; ``None``: the end of the bag).
+
+        A bag of several scenes re-sends the calibration at each scene start, so ``at_ns`` selects the scene's.
+        """
+        return self.static_timeline().at(at_ns)
+
+    def static_timeline(self) -> "StaticTimeline":
+        """Every ``/tf_static`` message in receive order (:class:`StaticTimeline`)."""
+        stamps, states, cur = [], [], {}
+        for _, t, msg in self.messages([TF_STATIC]):
+            cur = dict(cur)
             for tf in msg.transforms:
-                out[tf.child_frame_id] = (tf.header.frame_id, transform_msg_to_matrix(tf.transform))
-        return out
+                cur[tf.child_frame_id] = (tf.header.frame_id, transform_msg_to_matrix(tf.transform))
+            stamps.append(t)
+            states.append(cur)
+        return StaticTimeline(stamps, states)
 
     def sensor_to_base(self, frame: str, base: str = BASE_FRAME) -> np.ndarray:
         """``frame -> base`` 4x4 by chaining ``/tf_static`` (raises ``LookupError`` if not connected)."""
@@ -459,6 +486,7 @@ def nearest_index(stamps_ns: Sequence[int], t_ns: int) -> int:
     return i if stamps_ns[i] - t_ns < t_ns - stamps_ns[i - 1] else i - 1
 
 
-__all__ = ["BagError", "BagReader", "BoxFrame", "CameraInfo", "ImageMsg", "Trajectory", "chain_static",
+__all__ = ["BagError", "BagReader", "BoxFrame", "CameraInfo", "ImageMsg", "StaticTimeline", "Trajectory",
+           "chain_static",
            "decode_compressed",
            "detections_from_msg", "image_from_msg", "nearest_index", "stamp_to_ns"]

@@ -55,10 +55,10 @@ def frames_from_topic(bag: str | Path, topic: str) -> Run:
     return Run(mode=f"topic:{topic}", frames=frames, sets=len(frames))
 
 
-def _bag_lookup(static: dict):
-    """``lookup(target, source, stamp_ns, timeout_s) -> 4x4 source -> target`` over the bag's /tf_static (the
-    signature of the node's TF backend ``lookup_matrix``)."""
-    return lambda target, source, stamp_ns, timeout_s: chain_static(static, source, target)
+def _bag_lookup(timeline):
+    """``lookup(target, source, stamp_ns, timeout_s) -> 4x4 source -> target`` over the bag's /tf_static as
+    received by ``stamp_ns`` (the signature of the node's TF backend ``lookup_matrix``)."""
+    return lambda target, source, stamp_ns, timeout_s: chain_static(timeline.at(stamp_ns), source, target)
 
 
 def run_offline(bag: str | Path, checkpoint: str, device: str = "cpu", precision: str = "fp32",
@@ -88,7 +88,7 @@ def run_offline(bag: str | Path, checkpoint: str, device: str = "cpu", precision
         missing = [c for c in cams if c not in avail]
         if missing:
             raise BagError(f"{bag}: no image topic for camera(s) {missing} (have {sorted(avail)})")
-        lookup = _bag_lookup(r.static_transforms())
+        lookup = _bag_lookup(r.static_timeline())
         calib = CalibrationCache(cams, target_frame)
         topic_cam = {avail[c][0]: (i, avail[c][1]) for i, c in enumerate(cams)}
         info_cam = {f"/{c}/camera_info": i for i, c in enumerate(cams)}
@@ -176,8 +176,8 @@ def run_live(bag: str | Path, checkpoint: str, device: str = "cpu", score_thresh
     """Play the bag to a ``detector_node`` subprocess (use_sim_time) and record its detections.
 
     Latency = receive time of a detection frame - publish time of the last image of its set (wall ms, includes
-    DDS transport both ways). ``lockstep``: before the images of set k+1 go out, wait (up to ``set_timeout_s``)
-    until k outputs arrived, so no set is superseded by a newer one. ``record_path``: also write the node's
+    DDS transport both ways). ``lockstep``: before any message after set k goes out, wait (up to
+    ``set_timeout_s``) until k outputs arrived, so no set is superseded and none sees later TF or calibration. ``record_path``: also write the node's
     detections and markers to a new bag there (:class:`labeldistill_ros.bag.recorder.BagRecorder`).
     """
     import rclpy
@@ -226,12 +226,16 @@ def run_live(bag: str | Path, checkpoint: str, device: str = "cpu", score_thresh
     state = {"set_lo": None, "sets": 0, "missed": 0}
 
     def before(topic: str, t_ns: int) -> None:
-        if topic not in image_topics or not lockstep:
+        if not lockstep:
             return
         lo = state["set_lo"]
-        if lo is None or t_ns > lo + int(slop_s * 1e9):
-            if lo is not None and not rec.wait_count(state["sets"] - state["missed"], set_timeout_s):
+        if lo is not None and t_ns > lo + int(slop_s * 1e9):
+            # The open set is complete: nothing after it (images, TF, a new scene's calibration) goes out
+            # before its output arrived.
+            if not rec.wait_count(state["sets"] - state["missed"], set_timeout_s):
                 state["missed"] += 1  # the node skipped the set (it logs why); counted as dropped
+            state["set_lo"] = lo = None
+        if lo is None and topic in image_topics:
             state["set_lo"] = t_ns
             state["sets"] += 1
 

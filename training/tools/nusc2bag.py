@@ -4,7 +4,8 @@ Reads the dataset with nuscenes-devkit and writes the project's bag conventions 
 :mod:`labeldistill_ros.bag`):
 
 * ``/tf_static`` (tf2_msgs/TFMessage, transient_local): ``base_link -> CAM_*`` / ``LIDAR_TOP`` from
-  ``calibrated_sensor`` (sensor -> ego), once per scene at its first stamp;
+  ``calibrated_sensor`` (sensor -> ego), once per scene just before its first message (scenes of different
+  logs may differ; a later static transform overrides an earlier one);
 * ``/tf``: ``map -> base_link`` (``ego_pose``, ego -> global) at every written sample_data's ego-pose stamp;
 * per camera ``/CAM_X/image/compressed`` (CompressedImage, the JPEG bytes as they are) and/or ``/CAM_X/image``
   (Image rgb8, decoded), plus ``/CAM_X/camera_info`` (plumb_bob, zero D, K, R = I, P = [K|0]) at the image stamp;
@@ -244,10 +245,11 @@ def gt_boxes_ego(nusc, sample: dict, ego2global: np.ndarray, min_points: int):
 def plan_scenes(nusc, scenes: list[dict], max_samples: int | None) -> list[tuple[dict, list[dict], dict]]:
     """Per scene, in time order: ``(scene, samples, calibration {channel: (sensor -> base_link 4x4, K)})``.
 
-    Raises SystemExit before anything is written when one bag cannot hold the scenes: their calibrations differ
-    (a bag has one latched /tf_static) or their times overlap.
+    Each scene's calibration is sent on /tf_static at its start (later messages override earlier ones, so
+    scenes from different vehicles/logs can share a bag). Raises SystemExit before anything is written when the
+    scenes' times overlap (one bag plays one timeline).
     """
-    plan, ref, last_end = [], None, None
+    plan, last_end = [], None
     for scene in sorted(scenes, key=lambda sc: nusc.get("sample", sc["first_sample_token"])["timestamp"]):
         samples = _scene_samples(nusc, scene)[: max_samples or None]
         static = {}
@@ -256,18 +258,10 @@ def plan_scenes(nusc, scenes: list[dict], max_samples: int | None) -> list[tuple
                 sd = nusc.get("sample_data", samples[0]["data"][ch])
                 cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
                 static[ch] = (make_transform(cs["rotation"], cs["translation"]), cs["camera_intrinsic"])
-        if ref is not None and any(
-                ch in ref and not (np.allclose(ref[ch][0], static[ch][0])
-                                   and np.allclose(np.ravel(ref[ch][1]), np.ravel(static[ch][1])))
-                for ch in static):
-            raise SystemExit(f"labeldistill-nusc2bag: the calibration of scene {scene['name']} differs from the "
-                             f"previous selected scene's and a bag holds one /tf_static: write one bag per scene "
-                             f"(--scenes NAME)")
         if last_end is not None and samples[0]["timestamp"] <= last_end:
             raise SystemExit(f"labeldistill-nusc2bag: scene {scene['name']} starts before the previous selected "
                              f"scene ends: write one bag per scene (--scenes NAME)")
         last_end = samples[-1]["timestamp"] + 1_000_000
-        ref = static
         plan.append((scene, samples, static))
     return plan
 
