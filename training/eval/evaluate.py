@@ -8,6 +8,8 @@ predefined splits). Returns mAP, NDS, the five TP errors and per-class numbers, 
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import time
@@ -106,9 +108,12 @@ def evaluate_results(results: Mapping | str | os.PathLike, nusc, eval_set: str, 
     res_path = out / "results_nusc.json"
     with open(res_path, "w") as f:
         json.dump(sub, f)
-    ev = DetectionEval(nusc, config=config_factory(config_name), result_path=str(res_path), eval_set=eval_set,
-                       output_dir=str(out), verbose=verbose)
-    metrics, metric_data = ev.evaluate()
+    # The devkit draws tqdm bars on stderr even when not verbose; keep quiet runs quiet.
+    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stderr(io.StringIO())
+    with quiet:
+        ev = DetectionEval(nusc, config=config_factory(config_name), result_path=str(res_path), eval_set=eval_set,
+                           output_dir=str(out), verbose=verbose)
+        metrics, metric_data = ev.evaluate()
     summary = metrics.serialize()
     summary["meta"] = ev.meta.copy()
     with open(out / "metrics_summary.json", "w") as f:
