@@ -9,7 +9,7 @@
 4. Prints one table (mAP, NDS, gain over the baseline, median training step time = distillation overhead) and
    writes ``bench/results/distill.json`` (per method: ``mAP``, ``NDS``, ``step_ms``; plus the budget and machine).
 
-Budget (defaults: batch 2; teacher 100, label encoder 100 and student 40 steps per method; one epoch of the set
+Budget (defaults: batch 2; teacher 150, label encoder 100 and student 40 steps per method; one epoch of the set
 is 190 steps): sized for about an hour on 2 otherwise idle CPU cores; on a shared machine it takes longer. The
 budget is far below convergence: the numbers compare the methods' early-training behaviour, not final accuracy.
 Step times are wall-clock on a possibly shared machine: compare them within one run only.
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work-dir", default=None, help="default: <cache>/bench_distill")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--batch-size", type=int, default=2)
-    ap.add_argument("--teacher-steps", type=int, default=100, help="teacher steps (one epoch of the set = 190)")
+    ap.add_argument("--teacher-steps", type=int, default=150, help="teacher steps (one epoch of the set = 190)")
     ap.add_argument("--label-encoder-steps", type=int, default=100)
     ap.add_argument("--student-steps", type=int, default=40, help="student steps per method (same for all)")
     ap.add_argument("--seed", type=int, default=0)

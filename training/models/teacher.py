@@ -14,7 +14,8 @@ Deviation from the reference (config switch ``teacher.encoder``): the reference 
 with a mean VFE and an spconv SparseEncoder (4 sparse stages, 256 ch after height compression). Without spconv
 this uses plain-torch *dynamic* voxelisation (no per-voxel point cap) and dense 2D convolutions: ``pillar``
 (PointPillars PFN on vertical columns) or ``voxel`` (mean VFE on ``z_bins`` height slices stacked into channels,
-the dense analogue of SECOND's height compression). spconv is not used even when importable.
+the dense analogue of SECOND's height compression). spconv is not used even when importable. BatchNorm momentum
+is PyTorch's 0.1 (mmdet3d uses 0.01, whose running statistics lag far behind in short runs).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 
 def _conv_bn_relu(cin: int, cout: int, stride: int = 1, k: int = 3) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False),
-                         nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01), nn.ReLU(inplace=True))
+                         nn.BatchNorm2d(cout, eps=1e-3, momentum=0.1), nn.ReLU(inplace=True))
 
 
 class PillarEncoder(nn.Module):
@@ -61,10 +62,10 @@ class PillarEncoder(nn.Module):
         self.out_channels = out_channels
         if mode == "pillar":
             self.pfn = nn.Linear(in_features + 5, out_channels, bias=False)
-            self.norm = nn.BatchNorm1d(out_channels, eps=1e-3, momentum=0.01)
+            self.norm = nn.BatchNorm1d(out_channels, eps=1e-3, momentum=0.1)
         else:
             self.proj = nn.Sequential(nn.Conv2d(in_features * self.z_bins, out_channels, 1, bias=False),
-                                      nn.BatchNorm2d(out_channels, eps=1e-3, momentum=0.01),
+                                      nn.BatchNorm2d(out_channels, eps=1e-3, momentum=0.1),
                                       nn.ReLU(inplace=True))
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
@@ -166,7 +167,7 @@ class SECONDFPN(nn.Module):
         self.deblocks = nn.ModuleList()
         for ci, co, s in zip(in_channels, out_channels, upsample_strides):
             self.deblocks.append(nn.Sequential(nn.ConvTranspose2d(ci, co, s, stride=s, bias=False),
-                                               nn.BatchNorm2d(co, eps=1e-3, momentum=0.01), nn.ReLU(inplace=True)))
+                                               nn.BatchNorm2d(co, eps=1e-3, momentum=0.1), nn.ReLU(inplace=True)))
         self.out_channels = int(sum(out_channels))
 
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
