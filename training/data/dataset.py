@@ -68,6 +68,10 @@ class NuScenesDataset(Dataset):
         self.epoch = 0
         self._index = {info["sample_token"]: i for i, info in enumerate(infos)}
         self._class_index = {c: i for i, c in enumerate(config.classes)}
+        # OpenCV's thread pool is not fork-safe: a forked DataLoader worker that touches it (cv2.setNumThreads,
+        # sometimes any parallel call) can deadlock on the parent's pool state. One OpenCV thread in every
+        # process that holds a dataset avoids that; workers parallelise the decoding instead.
+        cv2.setNumThreads(1)
 
     @classmethod
     def from_config(cls, config: DataConfig, split: str = "train", training: bool | None = None, seed: int = 0,
@@ -284,8 +288,8 @@ class NuScenesDataset(Dataset):
 def worker_init(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: one torch thread per worker (avoids oversubscribing the cores).
 
-    OpenCV's thread pool must not be reconfigured in a forked worker (``cv2.setNumThreads`` can deadlock there
-    on the parent's pool state): :func:`build_dataloader` sets it to 1 in the parent before forking instead.
+    OpenCV is already single-threaded (set in the parent by :class:`NuScenesDataset` before any fork; setting it
+    first in a forked worker can deadlock on the parent's pool state).
     """
     torch.set_num_threads(1)
 
@@ -295,13 +299,10 @@ def build_dataloader(dataset: NuScenesDataset, batch_size: int, num_workers: int
                      persistent_workers: bool = False) -> torch.utils.data.DataLoader:
     """A DataLoader with :func:`~.collate.collate_batch` and fork-safe worker set-up.
 
-    ``shuffle`` defaults to ``dataset.training``. With workers, OpenCV is switched to single-threaded in this
-    process first (its pool is not fork-safe; each worker decodes and warps its own images anyway).
+    ``shuffle`` defaults to ``dataset.training``.
     """
     from .collate import collate_batch
 
-    if num_workers > 0:
-        cv2.setNumThreads(1)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=dataset.training if shuffle is None else shuffle,
         num_workers=num_workers, collate_fn=collate_batch, worker_init_fn=worker_init if num_workers else None,
