@@ -9,9 +9,9 @@
 4. Prints one table (mAP, NDS, gain over the baseline, median training step time = distillation overhead) and
    writes ``bench/results/distill.json`` (per method: ``mAP``, ``NDS``, ``step_ms``; plus the budget and machine).
 
-Budget (defaults: batch 2; teacher 150, label encoder 100 and student 40 steps per method; one epoch of the set
-is 190 steps): sized for about an hour on 2 otherwise idle CPU cores; on a shared machine it takes longer. The
-budget is far below convergence: the numbers compare the methods' early-training behaviour, not final accuracy.
+Budget (defaults: batch 2; teacher 2 epochs, label encoder 1 epoch, student 1 epoch per method; one epoch of the
+380 training samples = 190 steps): sized for about an hour on 2 otherwise idle CPU cores (a shared machine takes
+longer). It is far below convergence: the numbers compare the methods' early training, not final accuracy.
 Step times are wall-clock on a possibly shared machine: compare them within one run only.
 """
 from __future__ import annotations
@@ -66,9 +66,10 @@ def main(argv=None) -> int:
     ap.add_argument("--work-dir", default=None, help="default: <cache>/bench_distill")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--batch-size", type=int, default=2)
-    ap.add_argument("--teacher-steps", type=int, default=150, help="teacher steps (one epoch of the set = 190)")
-    ap.add_argument("--label-encoder-steps", type=int, default=100)
-    ap.add_argument("--student-steps", type=int, default=40, help="student steps per method (same for all)")
+    ap.add_argument("--teacher-epochs", type=int, default=2)
+    ap.add_argument("--label-encoder-epochs", type=int, default=1)
+    ap.add_argument("--student-epochs", type=int, default=1, help="student epochs per method (same for all)")
+    ap.add_argument("--max-iters", type=int, default=None, help="cap on steps per epoch (smoke runs)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(REPO / "bench/results/distill.json"))
     ap.add_argument("--fresh", action="store_true", help="retrain the shared teacher and label encoder too")
@@ -84,22 +85,22 @@ def main(argv=None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     cfg_path = Path(args.config)
 
-    def one_epoch(steps: int) -> dict:
-        # every stage: a single epoch capped at `steps` steps (no LR decay inside the budget)
-        return {"epochs": 1, "max_iters_per_epoch": steps, "milestones": [2]}
+    def budget(epochs: int) -> dict:
+        # no LR decay inside these short budgets
+        return {"epochs": epochs, "max_iters_per_epoch": args.max_iters, "milestones": [epochs + 1]}
 
     base = {"data": {"dataroot": str(data)}, "loader": {"batch_size": args.batch_size, "num_workers": 0},
             "trainer": {"work_dir": str(work / "shared"), "seed": args.seed, "progress": sys.stderr.isatty(),
                         "log_interval": 5}}
     shared = {}
-    for stage, steps in (("teacher", args.teacher_steps), ("label_encoder", args.label_encoder_steps)):
+    for stage, epochs in (("teacher", args.teacher_epochs), ("label_encoder", args.label_encoder_epochs)):
         final = work / "shared" / stage / "final.pt"
         if final.is_file():
             print(f"[bench_distill] {stage}: reusing {final}", flush=True)
             summ = json.loads((final.parent / "summary.json").read_text()) if (final.parent / "summary.json").is_file() else {}
         else:
-            print(f"[bench_distill] {stage}: training {steps} steps x batch {args.batch_size}", flush=True)
-            summ = run_stage(cfg_path, stage, {**base, "stages": {stage: one_epoch(steps)}})
+            print(f"[bench_distill] {stage}: training {epochs} epoch(s), batch {args.batch_size}", flush=True)
+            summ = run_stage(cfg_path, stage, {**base, "stages": {stage: budget(epochs)}})
         shared[stage] = {k: summ.get(k) for k in ("global_step", "step_ms", "wall_s")}
         m = summ.get("metrics") or {}
         shared[stage].update({"mAP": m.get("mAP"), "NDS": m.get("NDS")})
@@ -110,15 +111,16 @@ def main(argv=None) -> int:
         over = {**base,
                 "distill": {"method": method},
                 "trainer": {**base["trainer"], "work_dir": str(work / method)},
-                "stages": {"student": {**one_epoch(args.student_steps),
+                "stages": {"student": {**budget(args.student_epochs),
                                        "teacher_checkpoint": str(work / "shared/teacher/final.pt"),
                                        "label_encoder_checkpoint": str(work / "shared/label_encoder/final.pt")}}}
         shutil.rmtree(work / method, ignore_errors=True)  # same budget from scratch for every method
-        print(f"[bench_distill] student ({method}): training {args.student_steps} steps x batch {args.batch_size}",
+        print(f"[bench_distill] student ({method}): training {args.student_epochs} epoch(s), batch {args.batch_size}",
               flush=True)
         summ = run_stage(cfg_path, "student", over)
         m = summ.get("metrics") or {}
         results[method] = {"mAP": m.get("mAP"), "NDS": m.get("NDS"), "step_ms": summ.get("step_ms"),
+                           "steps": summ.get("global_step"),
                            "wall_s": summ.get("wall_s"),
                            "tp_errors": {k: m.get(k) for k in ("trans_err", "scale_err", "orient_err", "vel_err",
                                                                 "attr_err")}}
@@ -151,8 +153,9 @@ def write_json(args, results: dict, shared: dict, t_start: float, complete: bool
         "complete": complete,
         "methods": results,
         "shared": shared,
-        "budget": {"batch_size": args.batch_size, "teacher_steps": args.teacher_steps,
-                   "label_encoder_steps": args.label_encoder_steps, "student_steps": args.student_steps,
+        "budget": {"batch_size": args.batch_size, "teacher_epochs": args.teacher_epochs,
+                   "label_encoder_epochs": args.label_encoder_epochs, "student_epochs": args.student_epochs,
+                   "max_iters_per_epoch": args.max_iters,
                    "seed": args.seed, "config": str(cfg.relative_to(REPO)) if cfg.is_relative_to(REPO) else str(cfg),
                    "data": "synthetic bench set (labeldistill-synth --size bench --seed 0)" if not args.data
                    else str(args.data)},
