@@ -10,8 +10,9 @@ This collector is what mature multi-camera nodes converged to:
 * an open set older than ``timeout_s`` (receive time, monotonic seconds) is closed: dropped
   (``policy='drop_set'``) or emitted as a **partial** set with the cameras present (``policy='skip_camera'``,
   at least ``min_cameras``);
-* under ``skip_camera``, a camera that delivered nothing for ``timeout_s`` is *stale*: sets no longer wait for
-  it and are emitted as soon as every live camera is in (a dead camera costs one timeout, not one per set);
+* under ``skip_camera``, a camera missing from a set closed by the timeout is *stale* until it delivers again:
+  later sets no longer wait for it and are emitted as soon as every other camera is in (a dead camera costs one
+  timeout, not one per set; independent of the frame rate, so slow bag playback behaves the same);
 * an image that belongs to an already closed set (its stamp is not newer than the last closed set) is *late*;
 * a stamp going backwards by more than ``slop_s`` on a camera (bag loop, replay restart) **resets** everything.
 
@@ -94,8 +95,7 @@ class SetCollector:
         self._open: list[_Open] = []
         self._last_closed: _Closed | None = None
         self._last_stamp: list[int | None] = [None] * num_cameras
-        self._last_rx: list[float | None] = [None] * num_cameras  # receive time of each camera's latest image
-        self._first_rx: float | None = None  # receive time of the first image since start-up or reset
+        self._stale: set[int] = set()  # cameras missing from the last timed-out set and silent since
         self.reset_pending = False  # set on a reset; the owner clears it after acting (e.g. clearing TF)
 
     # -- public -------------------------------------------------------------------------------------------------
@@ -108,9 +108,7 @@ class SetCollector:
         if last is not None and stamp_ns < last - self.slop_ns:
             self.reset()
         self._last_stamp[cam] = stamp_ns if last is None else max(last, stamp_ns)
-        self._last_rx[cam] = receive_s
-        if self._first_rx is None:
-            self._first_rx = receive_s
+        self._stale.discard(cam)
 
         if self._is_late(cam, stamp_ns):
             self.counters.late_images += 1
@@ -134,7 +132,7 @@ class SetCollector:
             self._close(target, emitted=True)
             out.append(CameraSet(target.items, target.stamps, target.first_receive_s, True))
             self.counters.complete_sets += 1
-        elif self.policy == "skip_camera" and self._live_present(target, receive_s):
+        elif self.policy == "skip_camera" and self._live_present(target):
             for old in [s for s in self._open if s is not target and s.lo <= target.lo]:
                 self._close(old, emitted=False)
             out += self._expire(target)
@@ -155,8 +153,7 @@ class SetCollector:
         self._open.clear()
         self._last_closed = None
         self._last_stamp = [None] * self.n
-        self._last_rx = [None] * self.n
-        self._first_rx = None
+        self._stale.clear()
         self.counters.resets += 1
         self.reset_pending = True
 
@@ -165,17 +162,12 @@ class SetCollector:
         return len(self._open)
 
     # -- internals ----------------------------------------------------------------------------------------------
-    def _live_present(self, s: _Open, now_s: float) -> bool:
-        """Every camera that delivered within ``timeout_s`` is in ``s``, and there are at least min_cameras."""
+    def _live_present(self, s: _Open) -> bool:
+        """Every camera that is not stale is in ``s``, and there are at least min_cameras."""
         present = [x is not None for x in s.stamps]
         if sum(present) < self.min_cameras:
             return False
-        for c, rx in enumerate(self._last_rx):
-            # a camera never seen is waited for during the first timeout after start-up (or a reset)
-            seen = rx if rx is not None else self._first_rx
-            if not present[c] and now_s - seen <= self.timeout_s:
-                return False
-        return True
+        return all(present[c] or c in self._stale for c in range(self.n))
 
     def _is_late(self, cam: int, stamp: int) -> bool:
         c = self._last_closed
@@ -202,6 +194,7 @@ class SetCollector:
         for i, x in enumerate(s.stamps):
             if x is None:
                 self.counters.missing_by_camera[i] = self.counters.missing_by_camera.get(i, 0) + 1
+                self._stale.add(i)
         self._close(s, emitted=emit)
         if not emit:
             return []

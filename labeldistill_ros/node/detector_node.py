@@ -1,0 +1,320 @@
+"""The ROS 2 camera 3D detector node: N synchronised cameras in, ``vision_msgs/Detection3DArray`` and RViz
+markers out.
+
+    ros2 run labeldistill_ros detector_node --ros-args --params-file config/detector.yaml -p checkpoint:=s.pt
+    ros2 launch labeldistill_ros detector.launch.py checkpoint:=/path/student.pt
+
+Data flow (callbacks only hand off; nothing heavy runs in the executor thread or under the sync lock):
+
+    image callbacks --(lock)--> SetCollector --complete/partial set--> LatestWorker slot (newest wins)
+    camera_info callbacks --> latest message per camera (validated in the worker, cached by content)
+    inference thread: decode images -> K (CameraInfo) + cam->target_frame (TF) -> Detector.detect -> publish
+
+Topics (``~`` = the node's name, ``labeldistill_detector`` by default):
+    in   ``image_topics[i]`` (sensor_msgs/Image) or ``image_topics[i]/compressed`` (CompressedImage),
+         ``camera_info_topics[i]`` (CameraInfo, streamed or latched), ``/tf``, ``/tf_static``
+    out  ``~/output/detections`` (vision_msgs/Detection3DArray, frame target_frame, stamp = set stamp),
+         ``~/output/markers`` (visualization_msgs/MarkerArray), ``~/output/label_info`` (vision_msgs/LabelInfo,
+         latched), ``/diagnostics`` (diagnostic_msgs/DiagnosticArray),
+         ``~/debug/processing_time/{preprocess,inference,postprocess,total}_ms`` and
+         ``~/debug/pipeline_latency_ms`` (std_msgs/Float64; latency = node clock now - set stamp)
+"""
+from __future__ import annotations
+
+import functools
+import sys
+import threading
+import time
+from collections import Counter
+
+import numpy as np
+
+from . import messages, params
+from .calibration import CalibrationCache, CalibrationError
+from .ros_compat import ImageError, TfBackend, backends, compressed_to_rgb, image_to_rgb, subscribe
+from .sync import CameraSet, SetCollector, spread_ms
+from .worker import LatestWorker
+
+try:  # rclpy is a runtime dependency of the node only (the package imports stay light)
+    import rclpy
+    from rclpy.node import Node
+except ImportError:  # pragma: no cover - documented: the node needs a ROS 2 environment
+    rclpy = None
+    Node = object
+
+THROTTLE_S = 5.0
+
+
+def _qos(reliability: str, depth: int, transient_local: bool = False):
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST, depth=depth,
+        reliability=ReliabilityPolicy.BEST_EFFORT if reliability == "best_effort" else ReliabilityPolicy.RELIABLE,
+        durability=DurabilityPolicy.TRANSIENT_LOCAL if transient_local else DurabilityPolicy.VOLATILE)
+
+
+class DetectorNode(Node):
+    """See the module docstring. Raises :class:`params.ParamError` or the detector's load error at start-up."""
+
+    def __init__(self, **node_kwargs):
+        super().__init__(params.NODE_NAME, **node_kwargs)
+        params.declare(self)
+        given = set(getattr(self, "_parameter_overrides", {}) or {})  # what the params file / -p gave
+        unknown = sorted(given - set(params.SPECS) - {"use_sim_time", "start_type_description_service"})
+        if unknown:
+            raise params.ParamError(
+                f"unknown parameter(s) {unknown} for {params.NODE_NAME}: known are {sorted(params.SPECS)}. Fix: "
+                f"correct the name in the parameters file (a typo would silently leave the default in effect).")
+        self.p = p = params.from_node(self)
+        from ..inference import Detector
+
+        self.detector = Detector(p.checkpoint, device=p.device, precision=p.precision,
+                                 score_threshold=p.score_threshold, max_detections=p.max_detections)
+        self.names = p.camera_names
+        self.tf = TfBackend(self)
+        self.calib = CalibrationCache(p.camera_names, p.target_frame, p.camera_frames)
+        self._infos: list = [None] * p.num_cameras
+        self._rgb_out: list[np.ndarray | None] = [None] * p.num_cameras  # reused conversion buffers
+        self._lock = threading.Lock()  # guards the collector (executor thread: callbacks and the timer)
+        self.collector = SetCollector(p.num_cameras, p.sync_slop_s, p.sync_timeout_s, p.missing_camera_policy,
+                                      p.min_cameras)
+        self.worker = LatestWorker(self._process, on_error=self._on_worker_error)
+        self.stats = Counter()  # cumulative event counts, written by the inference thread
+        self._window_base = Counter()
+        self._diag_t = time.monotonic()
+        self.last_timing: dict[str, float] = {}
+        self._throttle: dict[str, tuple[float, int]] = {}  # log key -> (last time logged, suppressed since)
+
+        # Outputs
+        out_qos = _qos(p.output_reliability, p.output_depth)
+        from std_msgs.msg import Float64
+        from vision_msgs.msg import Detection3DArray, LabelInfo
+        from visualization_msgs.msg import MarkerArray
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        self._det_builder = messages.DetectionArrayBuilder()
+        self._marker_builder = messages.MarkerArrayBuilder(p.marker_lifetime_s, p.marker_text)
+        self.pub_det = self.create_publisher(Detection3DArray, "~/output/detections", out_qos)
+        self.pub_markers = self.create_publisher(MarkerArray, "~/output/markers", out_qos) \
+            if p.publish_markers else None
+        self.pub_labels = self.create_publisher(LabelInfo, "~/output/label_info", _qos("reliable", 1, True))
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", _qos("reliable", 10))
+        dbg = _qos("reliable", 10)
+        self.pub_time = {k: self.create_publisher(Float64, f"~/debug/processing_time/{k}_ms", dbg)
+                         for k in ("preprocess", "inference", "postprocess", "total")}
+        self.pub_latency = self.create_publisher(Float64, "~/debug/pipeline_latency_ms", dbg)
+        self.pub_labels.publish(messages.label_info(self.detector.class_names, p.score_threshold))
+
+        # Inputs
+        from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+        from rclpy.event_handler import SubscriptionEventCallbacks
+
+        in_qos = _qos(p.input_reliability, p.input_depth)
+        img_type = CompressedImage if p.image_transport == "compressed" else Image
+        self._subs = []
+        for i, topic in enumerate(p.subscribed_image_topics()):
+            self._subs.append(subscribe(self, img_type, topic, in_qos, functools.partial(self._on_image, i)))
+        quiet = SubscriptionEventCallbacks(incompatible_qos=lambda _e: None)
+        for i, topic in enumerate(p.camera_info_topics):
+            cb = functools.partial(self._on_info, i)
+            # Streamed CameraInfo (any reliability) and latched CameraInfo (history for late joiners): two
+            # subscriptions; the latched one is silent about volatile publishers it cannot match.
+            self._subs.append(self.create_subscription(CameraInfo, topic, cb, in_qos))
+            self._subs.append(self.create_subscription(CameraInfo, topic, cb, _qos("reliable", 1, True),
+                                                       event_callbacks=quiet))
+        self._poll_timer = self.create_timer(min(0.05, p.sync_timeout_s / 4), self._on_poll)
+        self._diag_timer = self.create_timer(p.diagnostics_period_s, self._on_diagnostics)
+
+        self.get_logger().info(
+            f"ready: {p.num_cameras} cameras {self.names} ({p.image_transport}, input QoS "
+            f"{p.input_reliability}/depth {p.input_depth}), target_frame '{p.target_frame}', sync slop "
+            f"{p.sync_slop_s * 1e3:.0f} ms timeout {p.sync_timeout_s:.2f} s policy {p.missing_camera_policy}; "
+            f"model {self.detector.describe()}; ROS packages: {backends()}")
+
+    # -- callbacks (hand off only) -----------------------------------------------------------------------------
+    def _on_image(self, cam: int, msg) -> None:
+        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        with self._lock:
+            ready = self.collector.add(cam, stamp_ns, msg, time.monotonic())
+            reset = self.collector.reset_pending
+            self.collector.reset_pending = False
+        if reset:
+            self.tf.clear()
+            self.get_logger().warning(
+                f"{self.names[cam]}: stamp went backwards ({stamp_ns / 1e9:.3f} s): bag loop or replay restart; "
+                f"synchroniser and dynamic TF reset")
+        for s in ready:
+            self.worker.submit(s)
+
+    def _on_info(self, cam: int, msg) -> None:
+        self._infos[cam] = msg
+
+    def _on_poll(self) -> None:
+        with self._lock:
+            ready = self.collector.poll(time.monotonic())
+        for s in ready:
+            self.worker.submit(s)
+
+    # -- inference thread ----------------------------------------------------------------------------------------
+    def _process(self, cs: CameraSet) -> None:
+        p, log = self.p, self.get_logger()
+        t0 = time.perf_counter()
+        cams = cs.present
+        try:
+            for i in cams:
+                info = self._infos[i]
+                if info is None:
+                    raise CalibrationError(f"{self.names[i]}: no camera_info received yet on "
+                                           f"'{p.camera_info_topics[i]}'")
+                self.calib.update_info(i, info)
+            while self.calib.warnings:
+                log.warning(self.calib.warnings.pop(0))
+            images = [self._to_rgb(i, cs.items[i]) for i in cams]
+            calib = self.calib.resolve(
+                cams, [cs.items[i].header.frame_id for i in cams], [(im.shape[1], im.shape[0]) for im in images],
+                [cs.stamps_ns[i] for i in cams], self.tf.lookup_matrix, p.tf_timeout_s)
+        except ImageError as exc:
+            self.stats["input_errors"] += 1
+            self._warn("image", str(exc), f"bad image, set skipped: {exc}")
+            return
+        except CalibrationError as exc:
+            self.stats["calibration_errors"] += 1
+            self._warn("calibration", str(exc), f"calibration unusable, set skipped: {exc}")
+            return
+        except self.tf.exceptions as exc:
+            self.stats["tf_failures"] += 1
+            self._warn("tf", str(exc), f"TF to '{p.target_frame}' unavailable at {cs.stamp_ns / 1e9:.3f} s, set "
+                                       f"skipped: {exc}")
+            return
+        if calib.changed:
+            self.stats["calibration_changes"] += 1
+        t1 = time.perf_counter()
+        det = self.detector.detect(images, calib.Ks, calib.cam2target, cameras=cams)
+        t2 = time.perf_counter()
+        if det.nonfinite:
+            self.stats["nonfinite"] += det.nonfinite
+            self._warn("nonfinite", "", f"{det.nonfinite} non-finite model outputs (BEV cells/boxes) dropped "
+                                        f"(set at {cs.stamp_ns / 1e9:.3f} s): check the checkpoint", error=True)
+        stamp = cs.stamp_ns
+        self.pub_det.publish(self._det_builder.build(det, stamp, p.target_frame))
+        if self.pub_markers is not None:
+            self.pub_markers.publish(self._marker_builder.build(det, stamp, p.target_frame))
+        t3 = time.perf_counter()
+        self.stats["published"] += 1
+        self.stats["boxes"] += len(det.boxes)
+        # Stage times: the model's own preprocessing (resize/normalise on its device) counts as preprocess,
+        # its forward pass (network + box decoding) as inference.
+        pre = (t1 - t0) * 1e3 + det.timing_ms.get("preprocess", 0.0)
+        inf = det.timing_ms.get("forward", (t2 - t1) * 1e3)
+        total = (t3 - t0) * 1e3
+        timing = {"preprocess": pre, "inference": inf, "postprocess": max(0.0, total - pre - inf), "total": total}
+        self.last_timing = timing
+        if total > p.max_processing_time_ms:
+            self.stats["slow"] += 1
+        from std_msgs.msg import Float64
+
+        for k, pub in self.pub_time.items():
+            pub.publish(Float64(data=float(timing[k])))
+        latency_ms = (self.get_clock().now().nanoseconds - stamp) / 1e6
+        self.pub_latency.publish(Float64(data=float(latency_ms)))
+
+    def _to_rgb(self, cam: int, msg) -> np.ndarray:
+        name = f"{self.names[cam]} image"
+        if self.p.image_transport == "compressed":
+            return compressed_to_rgb(msg, name)
+        out = image_to_rgb(msg, name, out=self._rgb_out[cam])
+        if out.flags.owndata:  # converted (not a view on the message): reuse the array for the next frame
+            self._rgb_out[cam] = out
+        return out
+
+    def _on_worker_error(self, exc: BaseException) -> None:
+        self.stats["failures"] += 1
+        self._warn("failure", type(exc).__name__, f"processing failed, set skipped: {type(exc).__name__}: {exc}",
+                   error=True)
+
+    def _warn(self, category: str, detail: str, text: str, error: bool = False) -> None:
+        """Log ``text`` at most once per THROTTLE_S for each kind of problem (category + what it is about: the
+        first 40 characters of the error, which name the camera and field), saying how many were suppressed."""
+        key = f"{category}:{detail[:40]}"
+        now = time.monotonic()
+        last, suppressed = self._throttle.get(key, (-1e9, 0))
+        if now - last < THROTTLE_S:
+            self._throttle[key] = (last, suppressed + 1)
+            return
+        self._throttle[key] = (now, 0)
+        if suppressed:
+            text += f" ({suppressed} similar messages suppressed in the last {THROTTLE_S:.0f} s)"
+        if error:  # rclpy ties a severity to each call site: one call per level
+            self.get_logger().error(text)
+        else:
+            self.get_logger().warning(text)
+
+    # -- diagnostics -----------------------------------------------------------------------------------------------
+    def counters(self) -> dict[str, int]:
+        """All cumulative counters (synchroniser, worker, processing)."""
+        c = dict(self.collector.counters.as_dict())
+        c.update(superseded=self.worker.superseded, processed=self.worker.processed)
+        for k in ("published", "boxes", "nonfinite", "failures", "tf_failures", "input_errors",
+                  "calibration_errors", "calibration_changes", "slow"):
+            c[k] = self.stats[k]
+        return c
+
+    def _on_diagnostics(self) -> None:
+        now = time.monotonic()
+        cum = self.counters()
+        window = {k: cum[k] - self._window_base.get(k, 0) for k in cum}
+        window["dropped"] = window["incomplete_sets"]
+        window["partial"] = window["partial_sets"]
+        window["late"] = window["late_images"]
+        period = max(1e-3, now - self._diag_t)
+        self._window_base, self._diag_t = Counter(cum), now
+        level, summary = messages.diagnostic_level(window, self.detector is not None)
+        values = {"rate_hz": window["published"] / period, "images_per_s": window["images"] / period,
+                  "model": self.detector.describe(), "target_frame": self.p.target_frame,
+                  "open_sets": self.collector.open_sets,
+                  "tf_backend": self.tf.kind, "missing_by_camera": {self.names[i]: n for i, n in
+                                                                    self.collector.counters.missing_by_camera.items()}}
+        values.update({f"last_{k}_ms": v for k, v in self.last_timing.items()})
+        values.update(cum)
+        self.pub_diag.publish(messages.diagnostic_array(
+            f"{self.get_name()}: pipeline", self.get_fully_qualified_name(), level, summary, values,
+            self.get_clock().now().to_msg()))
+
+    def shutdown(self) -> None:
+        """Stop the inference thread (the item in progress finishes)."""
+        self.worker.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console script ``detector_node``. Exit status 2 for a bad parameter, 1 for another start-up failure."""
+    if rclpy is None:  # pragma: no cover
+        print("labeldistill_detector: rclpy is not importable: source a ROS 2 installation", file=sys.stderr)
+        return 1
+    from rclpy.executors import ExternalShutdownException
+
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    node = None
+    try:
+        try:
+            node = DetectorNode()
+        except params.ParamError as exc:
+            print(f"labeldistill_detector: cannot start: {exc}", file=sys.stderr, flush=True)
+            return 2
+        except Exception as exc:  # noqa: BLE001 - checkpoint/config/device errors: one clear line, no traceback
+            print(f"labeldistill_detector: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            return 1
+        try:
+            rclpy.spin(node)
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass
+        return 0
+    finally:
+        if node is not None:
+            node.shutdown()
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
