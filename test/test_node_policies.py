@@ -9,7 +9,8 @@ import pytest
 
 from labeldistill_ros.inference import Detector
 from labeldistill_ros.node.ros_compat import compressed_to_rgb
-from node_support import CAMS, RESEND_SHIFT_NS, NodeHarness, compressed_msg, diag_values, make_checkpoint, synthetic_sample, tf_roundtrip
+from node_support import (CAMS, RESEND_SHIFT_NS, NodeHarness, compressed_msg, diag_values, make_checkpoint,
+                          synthetic_sample, tf_roundtrip)
 from test_node_ros import assert_parity, boxes_of
 
 # One node per module (per xdist worker that runs tests of it: each test is self-contained).

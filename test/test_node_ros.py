@@ -10,7 +10,7 @@ import pytest
 
 from labeldistill_ros.geometry import pose_to_box
 from labeldistill_ros.inference import Detector
-from node_support import CAMS, NodeHarness, diag_values, make_checkpoint, real_sample, synthetic_sample, tf_roundtrip
+from node_support import NodeHarness, diag_values, make_checkpoint, real_sample, synthetic_sample, tf_roundtrip
 
 # One node process per module; under `pytest -n` each worker that gets tests of this module starts its own, so
 # every test sets up the calibration it needs (`--dist loadgroup` keeps the module on one worker).

@@ -32,7 +32,7 @@ import numpy as np
 from . import messages, params
 from .calibration import CalibrationCache, CalibrationError
 from .ros_compat import ImageError, TfBackend, backends, compressed_to_rgb, image_to_rgb, subscribe
-from .sync import CameraSet, SetCollector, spread_ms
+from .sync import CameraSet, SetCollector
 from .worker import LatestWorker
 
 try:  # rclpy is a runtime dependency of the node only (the package imports stay light)
