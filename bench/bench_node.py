@@ -9,7 +9,8 @@ Three processes on one host (the shipped loopback Fast DDS profile, a ROS domain
              offsets, at 12 Hz; latched CameraInfo and /tf_static
   node       ``python -m labeldistill_ros.node.detector_node`` with a random-weight checkpoint of the small CPU
              student (config/model/r18_128x352_cpu.yaml), score threshold 0.05, at most 50 boxes (random
-             weights score ~0.1, so every set carries 50 boxes and 101 markers, a busy scene)
+             weights score ~0.1, so every set carries 50 boxes and 101 markers, a busy scene, and decoding
+             runs circle NMS over all 1200 candidates: the worst case), ``cpu_threads`` = ``--threads``
   this one   subscribes to the detections (end-to-end latency = receive time - set stamp), the node's per-stage
              timing topics, /diagnostics (counters), and samples the node's RSS from /proc
 
@@ -115,6 +116,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="about 60 s instead of the 10-minute soak")
     ap.add_argument("--duration", type=float, default=None, help="publishing time in seconds")
     ap.add_argument("--role", default="main", choices=["main", "publisher"], help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="the node's cpu_threads (torch intra-op threads; 1: the publisher shares the cores)")
     ap.add_argument("--out", default=str(RESULTS / "node.json"))
     a = ap.parse_args()
     duration = a.duration or (50.0 if a.quick else 600.0)
@@ -140,7 +143,7 @@ def main() -> int:
     params = {"checkpoint": str(ckpt), "device": "cpu", "score_threshold": 0.05, "max_detections": 50,
               "image_topics": [f"{NS}/{c}/image" for c in CAMS],
               "camera_info_topics": [f"{NS}/{c}/camera_info" for c in CAMS], "diagnostics_period_s": 1.0,
-              "max_processing_time_ms": 100000.0}
+              "max_processing_time_ms": 100000.0, "cpu_threads": a.threads}
     (tmp / "params.yaml").write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
     env = dict(os.environ)
     node_proc = subprocess.Popen([sys.executable, "-m", "labeldistill_ros.node.detector_node", "--ros-args",
@@ -229,7 +232,8 @@ def main() -> int:
         "output_hz": published / max(1e-9, duration), "boxes_per_set": float(np.mean(boxes)) if boxes else 0.0,
         "sets_sent": sent, "sets_complete": complete, "sets_published": published,
         "sets_incomplete": int(counters.get("incomplete_sets", 0)), "late_images": int(counters.get("late_images", 0)),
-        "duration_s": duration, "rate_hz": RATE_HZ, "cameras": "6 x 1600x900 rgb8", "cpu_threads": os.cpu_count(),
+        "duration_s": duration, "rate_hz": RATE_HZ, "cameras": "6 x 1600x900 rgb8", "cpu_count": os.cpu_count(),
+        "node_torch_threads": a.threads,
         "model": "r18_128x352_cpu (random weights)", "device": "cpu", "quick": bool(a.quick),
         "measured_sets": n,
     }

@@ -277,10 +277,7 @@ def _mask_nonfinite(heads: list[dict[str, torch.Tensor]]) -> int:
     """Make every BEV cell with a non-finite head output impossible to decode (heatmap -inf); returns how many."""
     count = 0
     for task in heads:
-        bad = None
-        for value in task.values():
-            b = ~torch.isfinite(value).all(dim=1)  # (B, H, W)
-            bad = b if bad is None else bad | b
+        bad = ~torch.isfinite(torch.cat(list(task.values()), dim=1)).all(dim=1)  # (B, H, W)
         n = int(bad.sum())
         if n:
             count += n

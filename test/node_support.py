@@ -101,6 +101,23 @@ def make_checkpoint(path: Path, seed: int = 0, poison_task: int | None = None) -
     return path
 
 
+def torch_threads(n: int):
+    """Context manager: torch intra-op threads set to ``n`` inside, restored after (offline inference in tests)."""
+    import contextlib
+
+    import torch
+
+    @contextlib.contextmanager
+    def cm():
+        old = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(old)
+    return cm()
+
+
 # ---------------------------------------------------------------------------------------------------- messages
 def stamp(ns: int):
     from builtin_interfaces.msg import Time
@@ -196,6 +213,7 @@ class NodeHarness:
             # set before its last image is read (the timeout behaviour itself is tested with sync.py's clock).
             "sync_timeout_s": 2.0,
             "max_processing_time_ms": 30000.0,  # shared CI cores: no "slow" WARN in functional tests
+            "cpu_threads": 1,  # 2 shared cores: parallel kernels stall badly when another process is busy
         }
         params.update(overrides or {})
         self.params = params

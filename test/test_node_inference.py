@@ -11,7 +11,15 @@ import torch
 
 from labeldistill_ros.inference import Detector, DetectorError
 from labeldistill_ros.model.preprocess import preprocess_image
-from node_support import make_checkpoint, real_sample, tf_roundtrip
+from node_support import make_checkpoint, real_sample, tf_roundtrip, torch_threads
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Offline inference in this process with one thread (2 shared cores: parallel kernels stall)."""
+    with torch_threads(1):
+        yield
+
 
 pytestmark = pytest.mark.timeout(120)
 

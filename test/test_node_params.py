@@ -96,3 +96,20 @@ def test_declare_and_read_back_from_a_real_node(rclpy_context, ckpt):
     params.declare(bad)
     with pytest.raises(params.ParamError, match="input_reliability"):
         params.from_node(bad)
+
+
+def test_shipped_yaml_through_the_real_rcl_parser(ckpt):
+    """rcl's YAML parser (not PyYAML) reads config/detector.yaml, e.g. `camera_frames: []`, and it validates."""
+    import rclpy
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, args=["x", "--ros-args", "--params-file", str(REPO / "config" / "detector.yaml"),
+                                  "-p", f"checkpoint:={ckpt}"])
+    try:
+        node = rclpy.create_node(params.NODE_NAME, context=ctx)
+        params.declare(node)
+        p = params.from_node(node)
+        assert p.camera_frames == [] and p.checkpoint == ckpt and p == params.NodeParams(checkpoint=ckpt)
+        node.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=ctx)

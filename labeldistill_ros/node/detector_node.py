@@ -69,6 +69,11 @@ class DetectorNode(Node):
         self.p = p = params.from_node(self)
         from ..inference import Detector
 
+        if p.cpu_threads:
+            import torch
+
+            torch.set_num_threads(p.cpu_threads)
+
         self.detector = Detector(p.checkpoint, device=p.device, precision=p.precision,
                                  score_threshold=p.score_threshold, max_detections=p.max_detections)
         self.names = p.camera_names

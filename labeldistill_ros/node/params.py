@@ -57,6 +57,7 @@ class NodeParams:
     marker_text: bool = True
     diagnostics_period_s: float = 1.0
     max_processing_time_ms: float = 500.0
+    cpu_threads: int = 0
 
     @property
     def num_cameras(self) -> int:
@@ -157,6 +158,9 @@ SPECS: dict[str, Spec] = {
     "diagnostics_period_s": Spec(float, "Period of /diagnostics, s.", _range(0.05, 60.0)),
     "max_processing_time_ms": Spec(float, "Processing time above this raises a diagnostic WARN, ms.",
                                    _range(0.0, lo_open=True)),
+    "cpu_threads": Spec(int, "torch intra-op CPU threads for this process (0 = torch's default, one per core). "
+                             "On a CPU shared with camera drivers 1 is often much faster: parallel kernels "
+                             "stall when their threads are preempted.", _range(0)),
 }
 assert set(SPECS) == {f.name for f in dataclasses.fields(NodeParams)}, "SPECS and NodeParams disagree"
 
@@ -271,7 +275,9 @@ def from_node(node, check_files: bool = True) -> NodeParams:
     values = {}
     for name in SPECS:
         v = node.get_parameter(name).value
-        if SPECS[name].kind is list and v is not None:
+        if v is None:  # not set: rcl reads an empty YAML list `[]` this way
+            continue
+        if SPECS[name].kind is list:
             v = list(v)
         values[name] = v
     return from_dict(values, check_files=check_files)
