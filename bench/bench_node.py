@@ -195,6 +195,7 @@ def main() -> int:
           f"(warm-up {warmup:.0f} s)", flush=True)
     spin_for(warmup)
     recording["on"] = True
+    load_start = os.getloadavg()[0]
     rss = [(time.monotonic(), rss_mb(node_proc.pid))]
     while pub_proc.poll() is None:
         spin_for(1.0)
@@ -236,6 +237,8 @@ def main() -> int:
         "node_torch_threads": a.threads,
         "model": "r18_128x352_cpu (random weights)", "device": "cpu", "quick": bool(a.quick),
         "measured_sets": n,
+        # other processes on the machine inflate every time (2 cores: the publisher alone is busy)
+        "load_avg_1min_start": load_start, "load_avg_1min_end": os.getloadavg()[0],
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
@@ -252,7 +255,8 @@ def main() -> int:
             ("node RSS start -> end (MB)", f"{res['rss_start_mb']:.0f} -> {res['rss_end_mb']:.0f} "
                                            f"({res['rss_growth_mb']:+.1f})")]
     w = max(len(r[0]) for r in rows)
-    print(f"\nbench_node ({'quick' if a.quick else 'soak'}, {duration:.0f} s, {os.cpu_count()} CPU threads)")
+    print(f"\nbench_node ({'quick' if a.quick else 'soak'}, {duration:.0f} s, {os.cpu_count()} CPUs, load average "
+          f"{res['load_avg_1min_start']:.1f} -> {res['load_avg_1min_end']:.1f})")
     for k, v in rows:
         print(f"  {k:<{w}}  {v}")
     print(f"wrote {a.out}")
