@@ -113,7 +113,10 @@ class DetectorNode(Node):
 
         # Inputs
         from sensor_msgs.msg import CameraInfo, CompressedImage, Image
-        from rclpy.event_handler import SubscriptionEventCallbacks
+        try:
+            from rclpy.event_handler import SubscriptionEventCallbacks  # Iron and newer
+        except ImportError:  # Humble
+            from rclpy.qos_event import SubscriptionEventCallbacks
 
         in_qos = _qos(p.input_reliability, p.input_depth)
         img_type = CompressedImage if p.image_transport == "compressed" else Image
