@@ -13,8 +13,8 @@ import torch
 from data_fixtures import *  # noqa: F401,F403
 from labeldistill_ros import geometry as geo
 from labeldistill_training.data.collate import collate_batch
-from labeldistill_training.data.config import (BevAugConfig, DataConfig, DepthConfig, ImageAugConfig,
-                                               load_data_config, preset)
+from labeldistill_training.data.config import (BevAugConfig, DataConfig, DataConfigError, DepthConfig,
+                                               ImageAugConfig, load_data_config, preset)
 from labeldistill_training.data.dataset import NuScenesDataset, build_dataloader
 from labeldistill_training.data.infos import get_infos
 
@@ -244,7 +244,7 @@ def test_config_validation(tmp_path):
         load_data_config({"dataroot": "/x", "lidar_sweep": 3})
     with pytest.raises(ValueError, match="unknown key"):
         load_data_config({"dataroot": "/x", "image_aug": {"finaldim": [1, 2]}})
-    with pytest.raises(TypeError, match="lidar_sweeps"):
+    with pytest.raises(DataConfigError, match="'lidar_sweeps' must be an integer"):
         load_data_config({"dataroot": "/x", "lidar_sweeps": "3"})
     with pytest.raises(ValueError, match="2 entries"):
         load_data_config({"dataroot": "/x", "image_aug": {"final_dim": [1, 2, 3]}})

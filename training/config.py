@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
+from labeldistill_ros.typed_config import build, read_yaml, to_plain
 
 METHODS = ("none", "labeldistill", "unidistill", "cmkd", "stereodistill")
 STAGES = ("teacher", "label_encoder", "student")
@@ -221,16 +220,8 @@ class TrainConfig:
 # ------------------------------------------------------------------------------------------------------ loading
 def load_train_config(path: str | Path, overrides: Optional[dict] = None) -> TrainConfig:
     """Read, merge ``overrides`` (nested dict, e.g. ``{"distill": {"method": "cmkd"}}``) and validate."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise TrainConfigError(f"cannot read training config {path}: {e}") from e
-    except yaml.YAMLError as e:
-        raise TrainConfigError(f"{path}: not valid YAML: {e}") from e
-    if data is None:
-        data = {}
-    if overrides:
+    data = read_yaml(path, TrainConfigError, "training config")
+    if overrides and isinstance(data, dict):
         data = merge(data, overrides)
     return train_config_from_dict(data, source=str(path))
 
@@ -252,7 +243,7 @@ def train_config_from_dict(data: Any, source: str = "<dict>") -> TrainConfig:
         defaults = _default_stages()
         data["stages"] = {k: (merge(dataclasses.asdict(defaults[k]), v) if k in defaults and isinstance(v, dict)
                               else v) for k, v in stages.items()}
-    cfg = _build(TrainConfig, data, source, "")
+    cfg = build(TrainConfig, data, source=source, error=TrainConfigError, skip=("source",))
     cfg.source = source
     _validate(cfg, source)
     return cfg
@@ -260,17 +251,7 @@ def train_config_from_dict(data: Any, source: str = "<dict>") -> TrainConfig:
 
 def config_to_dict(cfg) -> dict:
     """Plain data (lists, dicts) that :func:`train_config_from_dict` reads back to an equal config."""
-
-    def plain(v):
-        if isinstance(v, (tuple, list)):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-
-    d = plain(dataclasses.asdict(cfg))
-    d.pop("source", None)
-    return d
+    return to_plain(cfg, drop=("source",))
 
 
 def resolve_path(cfg: TrainConfig, p: str | None) -> Path | None:
@@ -287,63 +268,6 @@ def resolve_path(cfg: TrainConfig, p: str | None) -> Path | None:
         if cand.exists():
             return cand
     return path
-
-
-def _build(cls, data: dict, source: str, prefix: str):
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
-    hints = typing.get_type_hints(cls)
-    for key in data:
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
-            raise TrainConfigError(f"{source}: unknown key '{prefix}{key}'{hint} (valid here: {', '.join(fields)})")
-    kwargs = {}
-    for name, f in fields.items():
-        if name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise TrainConfigError(f"{source}: missing required key '{prefix}{name}'")
-            continue
-        kwargs[name] = _coerce(data[name], hints[name], source, prefix + name)
-    return cls(**kwargs)
-
-
-def _coerce(value, tp, source: str, key: str):
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin is typing.Union and type(None) in args:
-        if value is None:
-            return None
-        inner = [a for a in args if a is not type(None)][0]
-        return _coerce(value, inner, source, key)
-    if tp is dict:
-        if not isinstance(value, dict):
-            raise TrainConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
-        return value
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise TrainConfigError(f"{source}: '{key}' must be a mapping of {tp.__name__} settings, got {value!r}")
-        return _build(tp, value, source, key + ".")
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise TrainConfigError(f"{source}: '{key}' must be a list, got {value!r}")
-        return tuple(_coerce(v, args[0], source, f"{key}[{i}]") for i, v in enumerate(value))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise TrainConfigError(f"{source}: '{key}' must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TrainConfigError(f"{source}: '{key}' must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TrainConfigError(f"{source}: '{key}' must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise TrainConfigError(f"{source}: '{key}' must be a string, got {value!r}")
-        return value
-    raise TrainConfigError(f"{source}: '{key}': unsupported type {tp}")  # pragma: no cover
 
 
 def _check(ok: bool, source: str, msg: str) -> None:

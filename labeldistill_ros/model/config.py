@@ -9,17 +9,13 @@ offending key path and how to fix it, before any network is built.
 """
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import math
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..geometry import CLASS_NAMES, TASK_GROUPS
+from ..typed_config import build, read_yaml, to_plain
 
 RESNET_DEPTHS = (18, 34, 50)
 
@@ -150,95 +146,19 @@ class ModelConfig:
 # ----------------------------------------------------------------------------------------------------- loading
 def load_model_config(path: str | Path) -> ModelConfig:
     """Read and validate a model YAML file (``yaml.safe_load``)."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise ConfigError(f"cannot read model config {path}: {e}") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    return model_config_from_dict(data, source=str(path))
+    return model_config_from_dict(read_yaml(path, ConfigError, "model config"), source=str(path))
 
 
 def model_config_from_dict(data: Any, source: str = "<dict>") -> ModelConfig:
     """Build and validate a :class:`ModelConfig` from plain data (YAML or a checkpoint's stored dict)."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of model settings, got {type(data).__name__}")
-    cfg = _build(ModelConfig, data, source, "")
+    cfg = build(ModelConfig, data, source=source, error=ConfigError)
     _validate(cfg, source)
     return cfg
 
 
 def model_config_to_dict(cfg: ModelConfig) -> dict:
     """Plain dict (lists instead of tuples) that :func:`model_config_from_dict` reads back to an equal config."""
-
-    def plain(v):
-        if isinstance(v, (tuple, list)):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-
-    return plain(dataclasses.asdict(cfg))
-
-
-def _build(cls, data: dict, source: str, prefix: str):
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    for key in data:
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
-            raise ConfigError(
-                f"{source}: unknown key '{prefix}{key}'{hint} (valid keys here: {', '.join(fields)})"
-            )
-    kwargs = {}
-    for name, f in fields.items():
-        key = prefix + name
-        if name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{source}: missing required key '{key}'")
-            continue
-        kwargs[name] = _coerce(data[name], hints[name], source, key)
-    return cls(**kwargs)
-
-
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
-
-
-def _coerce(value, tp, source: str, key: str):
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{source}: '{key}' must be a mapping of {tp.__name__} settings, got {value!r}")
-        return _build(tp, value, source, key + ".")
-    origin = typing.get_origin(tp)
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{source}: '{key}' must be a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], source, f"{key}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{source}: '{key}' must have {len(args)} entries, got {len(value)}: {value!r}")
-        return tuple(_coerce(v, a, source, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{source}: '{key}' must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{source}: '{key}' must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{source}: '{key}' must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{source}: '{key}' must be a string, got {value!r}")
-        return value
-    raise ConfigError(f"{source}: '{key}': unsupported type {_type_name(tp)}")  # pragma: no cover
+    return to_plain(cfg)
 
 
 # -------------------------------------------------------------------------------------------------- validation

@@ -15,12 +15,11 @@ Example YAML (every key optional except ``dataroot``)::
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from labeldistill_ros.geometry import CLASS_NAMES
+from labeldistill_ros.typed_config import build, read_yaml
 
 CAMERA_CHANNELS: tuple[str, ...] = (
     "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT",
@@ -159,77 +158,26 @@ class DataConfig:
         return dataclasses.replace(self, **kw)
 
 
+class DataConfigError(ValueError):
+    """A data configuration is invalid; the message names the key and the fix."""
+
+
 def _check(ok: bool, msg: str) -> None:
     if not ok:
-        raise ValueError(f"data config: {msg}")
-
-
-def _coerce(tp, value, where: str):
-    """Convert a YAML value to the annotated type ``tp`` (tuples from lists, nested dataclasses), or raise."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise TypeError(f"data config: {where} must be a mapping, got {type(value).__name__}")
-        return _build(tp, value, where)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        non_none = [a for a in args if a is not type(None)]
-        return _coerce(non_none[0], value, where)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise TypeError(f"data config: {where} must be a list, got {type(value).__name__}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ValueError(f"data config: {where} must have {len(args)} entries, got {len(value)}")
-        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"data config: {where} must be a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"data config: {where} must be an integer, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise TypeError(f"data config: {where} must be true/false, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, (str, Path)):
-            raise TypeError(f"data config: {where} must be a string, got {value!r}")
-        return str(value)
-    return value
-
-
-def _build(cls, d: dict, where: str):
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ValueError(f"data config: unknown key(s) {unknown} in {where or 'top level'}; known: {sorted(names)}")
-    kw = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in d.items()}
-    return cls(**kw)
+        raise DataConfigError(f"data config: {msg}")
 
 
 def load_data_config(src: str | Path | dict) -> DataConfig:
-    """Load and validate a :class:`DataConfig` from a YAML path or a dict (unknown keys and wrong types raise)."""
+    """Load and validate a :class:`DataConfig` from a YAML path or a dict (unknown keys and wrong types raise
+    :class:`DataConfigError`). A YAML file may hold the data section alone or a whole training config (its
+    ``data:`` section is used)."""
     if isinstance(src, (str, Path)):
-        import yaml
-
-        with open(src) as f:
-            d = yaml.safe_load(f) or {}
-        if "data" in d and isinstance(d["data"], dict) and "dataroot" not in d:
+        d, source = read_yaml(src, DataConfigError, "data config"), f"data config {src}"
+        if isinstance(d, dict) and isinstance(d.get("data"), dict) and "dataroot" not in d:
             d = d["data"]
     else:
-        d = dict(src)
-    if "dataroot" not in d:
-        raise ValueError("data config: 'dataroot' is required")
-    return _build(DataConfig, d, "")
+        d, source = src, "data config"
+    return build(DataConfig, d, source=source, error=DataConfigError)
 
 
 def preset(name: str, dataroot: str, **overrides) -> DataConfig:
