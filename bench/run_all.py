@@ -7,7 +7,8 @@
     python bench/run_all.py --report-only   # only rewrite RESULTS.md from the JSON files present
 
 Each benchmark prints its own table and writes ``bench/results/<name>.json``; RESULTS.md gathers the numbers
-with the machine, the date and the commit they were measured at.
+with the machine, the date and the commit they were measured at, headline figures first. The same headline
+tables replace the block between ``<!-- bench:begin -->`` and ``<!-- bench:end -->`` in the README.
 """
 from __future__ import annotations
 
@@ -24,6 +25,26 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
+README = ROOT / "README.md"
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+# Headline figures per benchmark: (label, dotted key in the JSON, unit).
+HEADLINES: dict[str, list[tuple[str, str, str]]] = {
+    "model": [
+        ("BEV pooling, cached vs naive cumsum (R50 256x704, 6 cameras)", "pool_speedup_vs_naive", "x"),
+        ("BEV pooling, cached, p50", "view_transform_r50_256x704.cpu.cached_ms_p50", "ms"),
+        ("student forward r18 128x352, CPU p50", "forward.r18_128x352_cpu.cpu.forward_ms_p50", "ms"),
+        ("student forward r50 256x704, CPU p50", "forward.r50_256x704.cpu.forward_ms_p50", "ms"),
+    ],
+    "data": [("data pipeline, 6 x 1600x900 JPEG -> 256x704, no workers", "results.0.samples_per_s", "samples/s")],
+    "node": [
+        ("node overhead (receive -> publish, minus model), p50", "overhead_ms_p50", "ms"),
+        ("node overhead p99", "overhead_ms_p99", "ms"),
+        ("model rate inside the node (r18 128x352, CPU, 1 thread)", "model_hz", "Hz"),
+        ("camera sets lost in transport (6 x 1600x900 rgb8)", "dropped_sets", ""),
+        ("resident memory growth over the run", "rss_growth_mb", "MB"),
+    ],
+}
 
 
 def benchmarks() -> dict[str, Path]:
@@ -73,7 +94,7 @@ def machine() -> str:
 
 def _fmt(v) -> str:
     if isinstance(v, float):
-        return f"{v:.4g}"
+        return f"{v:.0f}" if abs(v) >= 1000 else f"{v:.4g}"
     if isinstance(v, (dict, list)):
         return json.dumps(v, sort_keys=True)[:80]
     return str(v)
@@ -90,12 +111,74 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
     return rows
 
 
+def _get(data, dotted: str):
+    for part in dotted.split("."):
+        if isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
+        elif isinstance(data, dict) and part in data:
+            data = data[part]
+        else:
+            return None
+    return data
+
+
+def distill_table(data: dict) -> list[str]:
+    """mAP / NDS per distillation method with the gain over the baseline and the step-time overhead."""
+    methods = data.get("methods") or {}
+    b = data.get("budget") or {}
+    lines = [f"Distillation on the synthetic bench set, same budget per method (student: {b.get('student_epochs')} "
+             f"epoch(s), batch {b.get('batch_size')}, 2 CPU cores; far from convergence)"
+             + ("" if data.get("complete") else " **(incomplete run)**") + ":", "",
+             "| method | mAP | NDS | NDS gain (pts) | step ms | overhead |", "|---|---|---|---|---|---|"]
+    for name, r in methods.items():
+        if r.get("mAP") is None:
+            continue
+        lines.append(f"| {name} | {100 * r['mAP']:.2f} | {100 * r['NDS']:.2f} | {r.get('gain_NDS_pts', 0.0):+.2f} | "
+                     f"{r['step_ms']:.0f} | {r.get('step_time_ratio', float('nan')):.2f}x |")
+    return lines + [""]
+
+
+def headline_lines() -> list[str]:
+    """Markdown tables of the headline numbers of every result present."""
+    rows = []
+    for name, items in HEADLINES.items():
+        path = RESULTS / f"{name}.json"
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text())
+        for label, key, unit in items:
+            v = _get(data, key)
+            if v is not None:
+                rows.append(f"| {label} | {_fmt(v)} {unit} | `{name}` |".replace("  |", " |"))
+    lines = ["| figure | value | benchmark |", "|---|---|---|", *rows, ""] if rows else []
+    distill = RESULTS / "distill.json"
+    if distill.is_file():
+        lines += distill_table(json.loads(distill.read_text()))
+    return lines
+
+
+def update_readme(lines: list[str], stamp: str) -> bool:
+    """Replace the README block between the bench markers; False when the README has no such block."""
+    if not README.is_file():
+        return False
+    text = README.read_text()
+    if BEGIN not in text or END not in text:
+        return False
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    block = "\n".join([BEGIN, f"_Measured {stamp}; all figures in [bench/RESULTS.md](bench/RESULTS.md)._", "",
+                       *lines, END])
+    README.write_text(head + block + tail)
+    return True
+
+
 def write_report(statuses: dict[str, str]) -> Path:
     lines = ["# Benchmark results", "",
              f"- machine: {machine()}",
              f"- date: {dt.datetime.now().isoformat(timespec='seconds')}",
              f"- commit: {git_commit()}", "",
-             "Each section is one `bench/results/<name>.json` (written by `bench/bench_<name>.py`).", ""]
+             "## Headline figures", "", *headline_lines(),
+             "Each section below is one `bench/results/<name>.json` (written by `bench/bench_<name>.py`).", ""]
     for path in sorted(RESULTS.glob("*.json")):
         data = json.loads(path.read_text())
         lines += [f"## {path.stem}", ""]
@@ -130,7 +213,10 @@ def main(argv: list[str] | None = None) -> int:
             if rc != 0:
                 failed.append(name)
     out = write_report(statuses)
-    print(f"\nwrote {out}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    stamp = f"{dt.date.today().isoformat()} on {machine()}, commit {git_commit()}"
+    readme = update_readme(headline_lines(), stamp)
+    print(f"\nwrote {out}" + (" and the README's benchmark block" if readme else "")
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 
 

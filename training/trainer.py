@@ -802,13 +802,9 @@ class Trainer:
 
 
 def _worker_init(worker_id: int) -> None:
+    # One torch thread per loader worker. OpenCV's pool is not touched here: the dataset already set it to one
+    # thread in the parent before the fork (a forked worker that reconfigures it can deadlock).
     torch.set_num_threads(1)
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)
-    except ImportError:  # pragma: no cover
-        pass
     s = torch.initial_seed() % (2 ** 32)
     np.random.seed(s)
     random.seed(s)
