@@ -126,6 +126,22 @@ def quat_to_yaw(q_wxyz) -> np.ndarray:
     return np.arctan2(R[..., 1, 0], R[..., 0, 0])
 
 
+def slerp_quat(q0: np.ndarray, q1: np.ndarray, a: float) -> np.ndarray:
+    """Spherical interpolation between unit quaternions ``(4,)`` at fraction ``a`` in [0, 1] (the shorter arc;
+    linear and renormalised when they are nearly equal). Works for either component order, [w, x, y, z] or ROS's
+    [x, y, z, w], as long as both inputs use the same one."""
+    q0, q1 = np.asarray(q0, dtype=np.float64), np.asarray(q1, dtype=np.float64)
+    d = float(np.dot(q0, q1))
+    if d < 0.0:
+        q1, d = -q1, -d
+    if d > 0.9995:
+        q = q0 + a * (q1 - q0)
+    else:
+        th = np.arccos(d)
+        q = (np.sin((1 - a) * th) * q0 + np.sin(a * th) * q1) / np.sin(th)
+    return q / np.linalg.norm(q)
+
+
 def wrap_angle(a) -> np.ndarray:
     """Wrap angle(s) in radians to [-pi, pi)."""
     return (np.asarray(a, dtype=np.float64) + np.pi) % (2 * np.pi) - np.pi

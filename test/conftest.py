@@ -62,6 +62,19 @@ def spawn():
             p.wait(timeout=5)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch intra-op threads set to one for a module, restored after. Two pytest workers share two cores: more
+    threads oversubscribe them and parallel kernels stall. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def real_sample_dir() -> Path:
     """The one real nuScenes key frame in ../shared/real-nuscenes-sample (present beside every checkout)."""

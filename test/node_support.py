@@ -101,24 +101,6 @@ def make_checkpoint(path: Path, seed: int = 0, poison_task: int | None = None) -
     return path
 
 
-def torch_threads(n: int):
-    """Context manager: torch intra-op threads set to ``n`` inside, restored after (offline inference in tests)."""
-    import contextlib
-
-    import torch
-
-    @contextlib.contextmanager
-    def cm():
-        old = torch.get_num_threads()
-        torch.set_num_threads(n)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(old)
-    return cm()
-
-
-# ---------------------------------------------------------------------------------------------------- messages
 def stamp(ns: int):
     from builtin_interfaces.msg import Time
 

@@ -12,12 +12,7 @@ from labeldistill_ros.model.export import example_inputs
 SMALL = Path(__file__).resolve().parents[1] / "config" / "model" / "r18_128x352_cpu.yaml"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

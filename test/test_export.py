@@ -11,12 +11,7 @@ SMALL = Path(__file__).resolve().parents[1] / "config" / "model" / "r18_128x352_
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "real-nuscenes-sample" / "sample.json"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_exported_program_matches_eager(tmp_path):

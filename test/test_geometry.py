@@ -67,6 +67,20 @@ def test_quaternion_round_trips():
     assert np.all(g.yaw_to_quat(yaws)[:, 0] >= 0)
 
 
+def test_slerp_quat_interpolates_yaw_on_the_short_arc():
+    q0, q1 = g.yaw_to_quat(np.deg2rad(170.0)), g.yaw_to_quat(np.deg2rad(-170.0))
+    mid = g.slerp_quat(q0, q1, 0.5)  # 20 degrees apart across +-180: the middle is 180, not 0
+    assert abs(abs(float(g.quat_to_yaw(mid))) - np.pi) < 1e-9 and abs(np.linalg.norm(mid) - 1) < 1e-12
+    a, b = g.yaw_to_quat(0.0), g.yaw_to_quat(1.0)
+    for t in (0.0, 0.25, 0.9, 1.0):
+        assert np.isclose(float(g.quat_to_yaw(g.slerp_quat(a, b, t))), t)
+    # nearly equal inputs take the linear branch and stay unit length; the component order does not matter
+    q = g.slerp_quat(a, g.yaw_to_quat(1e-5), 0.5)
+    assert np.isclose(float(g.quat_to_yaw(q)), 5e-6) and np.isclose(np.linalg.norm(q), 1.0)
+    xyzw = g.slerp_quat(np.roll(a, -1), np.roll(b, -1), 0.3)
+    assert np.allclose(np.roll(xyzw, 1), g.slerp_quat(a, b, 0.3))
+
+
 def test_transforms_invert_and_compose():
     rng = np.random.default_rng(1)
     T = g.make_transform(g.matrix_to_quat(random_rotation(rng)), rng.normal(size=3))

@@ -23,13 +23,7 @@ R50 = REPO / "config" / "model" / "r50_256x704.yaml"
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "real-nuscenes-sample" / "sample.json"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two pytest workers share two cores: one intra-op thread each avoids oversubscription stalls."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

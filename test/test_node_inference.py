@@ -11,17 +11,10 @@ import torch
 
 from labeldistill_ros.inference import Detector, DetectorError
 from labeldistill_ros.model.preprocess import preprocess_image
-from node_support import make_checkpoint, real_sample, tf_roundtrip, torch_threads
+from node_support import make_checkpoint, real_sample, tf_roundtrip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Offline inference in this process with one thread (2 shared cores: parallel kernels stall)."""
-    with torch_threads(1):
-        yield
-
-
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.timeout(120)]
 
 
 @pytest.fixture(scope="module")

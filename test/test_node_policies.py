@@ -10,20 +10,13 @@ import pytest
 from labeldistill_ros.inference import Detector
 from labeldistill_ros.node.ros_compat import compressed_to_rgb
 from node_support import (CAMS, RESEND_SHIFT_NS, NodeHarness, compressed_msg, diag_values, make_checkpoint,
-                          synthetic_sample, tf_roundtrip, torch_threads)
+                          synthetic_sample, tf_roundtrip)
 from test_node_ros import assert_parity, boxes_of
 
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Offline inference in this process with one thread (2 shared cores: parallel kernels stall)."""
-    with torch_threads(1):
-        yield
-
-
 # One node per module (per xdist worker that runs tests of it: each test is self-contained).
-pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("node_policies")]
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.timeout(240),
+              pytest.mark.xdist_group("node_policies")]
 S = 1_000_000_000
 
 

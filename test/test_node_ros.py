@@ -10,21 +10,13 @@ import pytest
 
 from labeldistill_ros.geometry import pose_to_box
 from labeldistill_ros.inference import Detector
-from node_support import (NodeHarness, diag_values, make_checkpoint, real_sample, synthetic_sample, tf_roundtrip,
-                          torch_threads)
-
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Offline inference in this process with one thread (2 shared cores: parallel kernels stall)."""
-    with torch_threads(1):
-        yield
+from node_support import NodeHarness, diag_values, make_checkpoint, real_sample, synthetic_sample, tf_roundtrip
 
 
 # One node process per module; under `pytest -n` each worker that gets tests of this module starts its own, so
 # every test sets up the calibration it needs (`--dist loadgroup` keeps the module on one worker).
-pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("node_ros")]
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.timeout(240),
+              pytest.mark.xdist_group("node_ros")]
 THRESHOLD = 0.05  # random weights score ~0.1: a low threshold gives boxes to compare
 
 

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..geometry import make_transform, matrix_to_quat, pose_to_box
+from ..geometry import make_transform, matrix_to_quat, pose_to_box, slerp_quat
 from .typestore import typestore
 
 GT_DETECTIONS = "/ground_truth/detections"
@@ -165,19 +165,6 @@ def detections_from_msg(msg, velocities: np.ndarray | None = None) -> BoxFrame:
 # --------------------------------------------------------------------------------------------------------------
 # Trajectory (map <- base_link over time)
 # --------------------------------------------------------------------------------------------------------------
-def _slerp(q0: np.ndarray, q1: np.ndarray, a: float) -> np.ndarray:
-    """Spherical interpolation between unit quaternions [w, x, y, z] at fraction ``a`` in [0, 1]."""
-    d = float(np.dot(q0, q1))
-    if d < 0.0:
-        q1, d = -q1, -d
-    if d > 0.9995:
-        q = q0 + a * (q1 - q0)
-    else:
-        th = np.arccos(d)
-        q = (np.sin((1 - a) * th) * q0 + np.sin(a * th) * q1) / np.sin(th)
-    return q / np.linalg.norm(q)
-
-
 class Trajectory:
     """Time series of ``child -> parent`` poses (here ``base_link -> map``) with interpolation.
 
@@ -213,7 +200,7 @@ class Trajectory:
             return make_transform(self.quats[j], self.trans[j])
         t0, t1 = self.stamps[i - 1], self.stamps[i]
         a = (t_ns - t0) / (t1 - t0)
-        return make_transform(_slerp(self.quats[i - 1], self.quats[i], a),
+        return make_transform(slerp_quat(self.quats[i - 1], self.quats[i], a),
                               (1 - a) * self.trans[i - 1] + a * self.trans[i])
 
 

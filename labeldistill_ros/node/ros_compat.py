@@ -32,6 +32,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..geometry import matrix_to_quat, quat_to_matrix, slerp_quat
+
 MODE_ENV = "LABELDISTILL_ROS_COMPAT"
 OPTIONAL = ("tf2_ros", "message_filters", "cv_bridge")
 
@@ -104,20 +106,7 @@ class ExtrapolationException(TransformException):
 
 
 def _quat_xyzw_to_matrix(q: np.ndarray) -> np.ndarray:
-    from ..geometry import quat_to_matrix
-
     return quat_to_matrix(np.array([q[3], q[0], q[1], q[2]]))
-
-
-def _slerp(q0: np.ndarray, q1: np.ndarray, a: float) -> np.ndarray:
-    d = float(np.dot(q0, q1))
-    if d < 0.0:
-        q1, d = -q1, -d
-    if d > 0.9995:
-        q = q0 + a * (q1 - q0)
-        return q / np.linalg.norm(q)
-    th = np.arccos(d)
-    return (np.sin((1 - a) * th) * q0 + np.sin(a * th) * q1) / np.sin(th)
 
 
 class TransformBuffer:
@@ -245,7 +234,7 @@ class TransformBuffer:
         else:
             a = (t_ns - stamps[i - 1]) / (stamps[i] - stamps[i - 1])
             v0, v1 = vals[i - 1], vals[i]
-            v = np.concatenate([v0[:3] + a * (v1[:3] - v0[:3]), _slerp(v0[3:], v1[3:], a)])
+            v = np.concatenate([v0[:3] + a * (v1[:3] - v0[:3]), slerp_quat(v0[3:], v1[3:], a)])
         T = np.eye(4)
         T[:3, :3] = _quat_xyzw_to_matrix(v[3:])
         T[:3, 3] = v[:3]
@@ -281,8 +270,6 @@ class TransformBuffer:
 
 def _matrix_to_msg(T: np.ndarray, target: str, source: str, stamp_ns: int):
     from geometry_msgs.msg import TransformStamped
-
-    from ..geometry import matrix_to_quat
 
     msg = TransformStamped()
     msg.header.frame_id, msg.child_frame_id = target, source
