@@ -44,6 +44,16 @@ def test_unfiltered_ground_truth_loses_only_the_filtered_boxes(tiny_nusc, tiny_i
     assert 0.5 < r.mAP < 1.0 and r.tp_errors["trans_err"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_results_without_a_single_box_score_zero(tiny_nusc, tiny_infos, tmp_path):
+    """An untrained model or a high threshold: the devkit's own filter raises 'Invalid box type: None' on an empty
+    prediction set; the evaluation scores it instead (mAP 0, every TP error at its worst, 1)."""
+    empty = {"meta": detections_to_results([])["meta"], "results": {}}
+    r = evaluate_results(empty, tiny_nusc, "synth_val", tmp_path)
+    assert r.mAP == 0.0 and r.NDS == 0.0
+    assert all(v == pytest.approx(1.0) for v in r.tp_errors.values())
+    assert r.num_samples_without_results == r.num_samples == len(tiny_infos["synth_val"])
+
+
 def test_results_in_ego_frame_are_caught(tiny_nusc, tiny_infos, class_range, tmp_path):
     dets = infos_to_detections(tiny_infos["synth_val"], class_range=class_range)
     for d in dets:

@@ -70,6 +70,38 @@ def lidar_ego_xy(nusc, sample_tokens) -> dict[str, tuple[float, float]]:
     return out
 
 
+def detection_eval_on_tokens(nusc, result_path: str | os.PathLike, sample_tokens: list[str],
+                             output_dir: str | os.PathLike, config_name: str = "detection_cvpr_2019",
+                             verbose: bool = False):
+    """nuscenes-devkit's ``DetectionEval`` on exactly ``sample_tokens`` (a split, or the key frames of a bag), ready
+    for ``evaluate()`` / ``render()``: predictions from ``result_path`` (which must hold every one of the tokens),
+    ground truth from ``nusc``, the devkit's distance, zero-point and bike-rack filters.
+
+    Unlike the devkit's constructor it accepts a prediction set without a single box (an untrained model, a
+    threshold above every score): the devkit's box filter cannot tell the box type of an empty set and raises
+    ``Invalid box type: None``; with nothing to filter, the filter is skipped and the evaluation scores 0 mAP.
+    """
+    from nuscenes.eval.common.config import config_factory
+    from nuscenes.eval.common.loaders import (add_center_dist, filter_eval_boxes, load_gt_of_sample_tokens,
+                                              load_prediction_of_sample_tokens)
+    from nuscenes.eval.detection.data_classes import DetectionBox
+    from nuscenes.eval.detection.evaluate import DetectionEval
+
+    cfg = config_factory(config_name)
+    ev = DetectionEval.__new__(DetectionEval)  # the devkit's evaluator, set up on a token list
+    ev.nusc, ev.cfg, ev.verbose, ev.result_path, ev.eval_set = nusc, cfg, verbose, str(result_path), "tokens"
+    ev.output_dir, ev.plot_dir = str(output_dir), os.path.join(str(output_dir), "plots")
+    os.makedirs(ev.plot_dir, exist_ok=True)
+    ev.pred_boxes, ev.meta = load_prediction_of_sample_tokens(str(result_path), cfg.max_boxes_per_sample,
+                                                              DetectionBox, sample_tokens=list(sample_tokens))
+    ev.gt_boxes = load_gt_of_sample_tokens(nusc, list(sample_tokens), DetectionBox)
+    if ev.pred_boxes.all:
+        ev.pred_boxes = filter_eval_boxes(nusc, add_center_dist(nusc, ev.pred_boxes), cfg.class_range)
+    ev.gt_boxes = filter_eval_boxes(nusc, add_center_dist(nusc, ev.gt_boxes), cfg.class_range)
+    ev.sample_tokens = ev.gt_boxes.sample_tokens
+    return ev
+
+
 def evaluate_results(results: Mapping | str | os.PathLike, nusc, eval_set: str, output_dir: str | os.PathLike,
                      render_plots: bool = False, validate: bool = True, verbose: bool = False,
                      config_name: str = "detection_cvpr_2019") -> EvalResult:
@@ -88,9 +120,6 @@ def evaluate_results(results: Mapping | str | os.PathLike, nusc, eval_set: str, 
     Returns:
         An :class:`EvalResult`.
     """
-    from nuscenes.eval.common.config import config_factory
-    from nuscenes.eval.detection.evaluate import DetectionEval
-
     t0 = time.perf_counter()
     if not isinstance(results, Mapping):
         with open(results) as f:
@@ -111,8 +140,7 @@ def evaluate_results(results: Mapping | str | os.PathLike, nusc, eval_set: str, 
     # The devkit draws tqdm bars on stderr even when not verbose; keep quiet runs quiet.
     quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stderr(io.StringIO())
     with quiet:
-        ev = DetectionEval(nusc, config=config_factory(config_name), result_path=str(res_path), eval_set=eval_set,
-                           output_dir=str(out), verbose=verbose)
+        ev = detection_eval_on_tokens(nusc, res_path, tokens, out, config_name, verbose)
         metrics, metric_data = ev.evaluate()
     summary = metrics.serialize()
     summary["meta"] = ev.meta.copy()
