@@ -121,6 +121,8 @@ def test_six_1600x900_rgb8_images_cross_processes_intact(rclpy_context, spawn):
     expected = {}
     n_sets = 3
     for s in range(n_sets):
+        # one camera set at a time, as a vehicle sends them (a set every 80 ms), each set within the publisher's
+        # and the peer's queue depths: a loss here is the transport's, not a queue overflow on a loaded machine
         for i, cam in enumerate(cams):
             data = rng.integers(0, 256, size=(900, 1600, 3), dtype=np.uint8)
             msg = Image(height=900, width=1600, encoding="rgb8", is_bigendian=0, step=1600 * 3)
@@ -130,8 +132,8 @@ def test_six_1600x900_rgb8_images_cross_processes_intact(rclpy_context, spawn):
             expected[(cam, 100 + s)] = hashlib.sha256(msg.data).hexdigest()
             pub.publish(msg)
             ex.spin_once(timeout_sec=0.0)
-    assert spin_until(ex, lambda: len(replies) >= n_sets * len(cams), 30.0), \
-        f"only {len(replies)} of {n_sets * len(cams)} images arrived"
+        n = (s + 1) * len(cams)
+        assert spin_until(ex, lambda: len(replies) >= n, 30.0), f"only {len(replies)} of {n} images arrived"
     for r in replies:
         assert (r["width"], r["height"], r["encoding"], r["step"]) == (1600, 900, "rgb8", 4800)
         assert r["sha256"] == expected[(r["frame_id"], r["sec"])], f"{r['frame_id']} arrived corrupted"

@@ -45,4 +45,4 @@ def test_pillar_scatter_lands_in_the_right_cell():
     pts = torch.tensor([[[5.5, 2.5, 0.0, 0.0, 0.0], [5.7, 2.1, 0.0, 0.0, 0.0], [-999, -999, -999, 0, 0]]])
     out = enc(pts)[0, 0]
     assert float(out[2, 5].detach()) == pytest.approx(5.6, abs=1e-3)  # row = y index 2, column = x index 5
-    assert float(out.sum()) == pytest.approx(5.6, abs=1e-3)
+    assert float(out.sum().detach()) == pytest.approx(5.6, abs=1e-3)
