@@ -172,12 +172,12 @@ def update_readme(lines: list[str], stamp: str) -> bool:
     return True
 
 
-def write_report(statuses: dict[str, str]) -> Path:
+def write_report(statuses: dict[str, str], headlines: list[str]) -> Path:
     lines = ["# Benchmark results", "",
              f"- machine: {machine()}",
              f"- date: {dt.datetime.now().isoformat(timespec='seconds')}",
              f"- commit: {git_commit()}", "",
-             "## Headline figures", "", *headline_lines(),
+             "## Headline figures", "", *headlines,
              "Each section below is one `bench/results/<name>.json` (written by `bench/bench_<name>.py`).", ""]
     for path in sorted(RESULTS.glob("*.json")):
         data = json.loads(path.read_text())
@@ -212,9 +212,10 @@ def main(argv: list[str] | None = None) -> int:
             statuses[name] = f"ran in {secs:.0f} s" + ("" if rc == 0 else f", FAILED with exit code {rc}")
             if rc != 0:
                 failed.append(name)
-    out = write_report(statuses)
+    headlines = headline_lines()
+    out = write_report(statuses, headlines)
     stamp = f"{dt.date.today().isoformat()} on {machine()}, commit {git_commit()}"
-    readme = update_readme(headline_lines(), stamp)
+    readme = update_readme(headlines, stamp)
     print(f"\nwrote {out}" + (" and the README's benchmark block" if readme else "")
           + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0

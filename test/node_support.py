@@ -101,6 +101,7 @@ def make_checkpoint(path: Path, seed: int = 0, poison_task: int | None = None) -
     return path
 
 
+# ---------------------------------------------------------------------------------------------------- messages
 def stamp(ns: int):
     from builtin_interfaces.msg import Time
 
