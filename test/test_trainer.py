@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from labeldistill_training.config import TrainConfigError, load_train_config, train_config_from_dict
-from labeldistill_training.trainer import KILL_ENV, ModelEMA, atomic_save, load_checkpoint
+from labeldistill_training.ema import ModelEMA
+from labeldistill_training.trainer import KILL_ENV, atomic_save, load_checkpoint
 
 TEST_DIR = Path(__file__).resolve().parent
 REPO = TEST_DIR.parent

@@ -32,17 +32,13 @@ group (NCCL on CUDA, gloo on CPU), wraps the trainable stage module in DDP and s
 """
 from __future__ import annotations
 
-import copy
-import csv
 import json
-import math
 import os
 import random
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -50,6 +46,9 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from labeldistill_training.config import STAGES, TrainConfig, config_to_dict, resolve_path
+from labeldistill_training.csv_log import CsvLogger
+from labeldistill_training.distributed import init_distributed
+from labeldistill_training.ema import ModelEMA
 from labeldistill_training.distill import build_distiller
 from labeldistill_training.losses.depth import DepthLoss
 from labeldistill_training.losses.detection import BevGrid, CenterPointLoss, CenterPointTargetAssigner
@@ -133,132 +132,6 @@ class Frozen(nn.Module):
     def forward(self, *args, **kwargs):
         with torch.no_grad():
             return self.module(*args, **kwargs)
-
-
-class ModelEMA:
-    """Exponential moving average of a module's parameters and buffers (BEVDepth's ``ModelEMA``).
-
-    ``decay_t = decay * (1 - exp(-updates / ramp))`` (ramp 0 = constant decay). Buffers (BN statistics) are
-    averaged like parameters; integer buffers are copied.
-    """
-
-    def __init__(self, module: nn.Module, decay: float = 0.999, ramp: float = 2000.0, updates: int = 0) -> None:
-        self.ema = copy.deepcopy(module).eval()
-        for p in self.ema.parameters():
-            p.requires_grad_(False)
-        self.decay, self.ramp, self.updates = decay, ramp, updates
-
-    def current_decay(self) -> float:
-        return self.decay * (1 - math.exp(-self.updates / self.ramp)) if self.ramp > 0 else self.decay
-
-    @torch.no_grad()
-    def update(self, module: nn.Module) -> None:
-        self.updates += 1
-        d = self.current_decay()
-        msd = module.state_dict()
-        for k, v in self.ema.state_dict().items():
-            if v.dtype.is_floating_point:
-                v.mul_(d).add_(msd[k].detach().to(v.dtype), alpha=1 - d)
-            else:
-                v.copy_(msd[k])
-
-    def state_dict(self) -> dict:
-        return {"module": self.ema.state_dict(), "updates": self.updates}
-
-    def load_state_dict(self, sd: dict) -> None:
-        self.ema.load_state_dict(sd["module"])
-        self.updates = int(sd["updates"])
-
-
-class CsvLogger:
-    """Appends rows to ``log.csv``; on resume the rows after the resumed step are dropped. Plots the losses."""
-
-    def __init__(self, path: Path, resume_step: Optional[int] = None) -> None:
-        self.path = Path(path)
-        self.fields: Optional[list[str]] = None
-        rows = []
-        if self.path.is_file() and resume_step is not None:
-            with open(self.path, newline="") as f:
-                reader = csv.DictReader(f)
-                self.fields = reader.fieldnames
-                rows = [r for r in reader if int(float(r["step"])) <= resume_step]
-        elif self.path.is_file():
-            self.path.unlink()
-        if rows and self.fields:
-            with open(self.path, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=self.fields)
-                w.writeheader()
-                w.writerows(rows)
-        elif self.path.is_file():
-            self.path.unlink()
-            self.fields = None
-
-    def log(self, row: dict) -> None:
-        row = {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
-        if self.fields is None:
-            self.fields = list(row)
-            with open(self.path, "w", newline="") as f:
-                csv.DictWriter(f, fieldnames=self.fields).writeheader()
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore").writerow(row)
-
-    def plot(self, png: Path) -> None:
-        """Loss curves (every ``loss*`` column against the step) to a PNG with matplotlib (Agg)."""
-        if not self.path.is_file():
-            return
-        try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:  # pragma: no cover - matplotlib is in the train extra
-            return
-        with open(self.path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if r.get("kind") == "train"]
-        if not rows:
-            return
-        keys = [k for k in rows[0] if k.startswith("loss")]
-        steps = [int(float(r["step"])) for r in rows]
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-        for k in keys:
-            vals = [float(r[k]) if r.get(k) not in (None, "") else float("nan") for r in rows]
-            ax.plot(steps, vals, label=k, lw=1)
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        ax.set_yscale("symlog", linthresh=1e-2)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
-        ax.set_title(self.path.parent.name)
-        fig.tight_layout()
-        tmp = Path(png).with_name(".tmp_" + Path(png).name)
-        fig.savefig(tmp, dpi=90, format="png")
-        plt.close(fig)
-        os.replace(tmp, png)
-
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed() -> DistInfo:
-    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1): NCCL on CUDA, else gloo."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    rank = int(os.environ["RANK"])
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(local)
-        dist.init_process_group(backend=backend)
-    return DistInfo(rank, world, local)
 
 
 # ================================================================================================================
