@@ -147,11 +147,12 @@ class DetectorNode(Node):
             ready = self.collector.add(cam, stamp_ns, msg, time.monotonic())
             reset = self.collector.reset_pending
             self.collector.reset_pending = False
-        if reset:
+            jump_s = self.collector.last_jump_ns / 1e9
+        if reset:  # once per loop: the old stream's images still in flight are dropped as late, no second reset
             self.tf.clear()
             self.get_logger().warning(
-                f"{self.names[cam]}: stamp went backwards ({stamp_ns / 1e9:.3f} s): bag loop or replay restart; "
-                f"synchroniser and dynamic TF reset")
+                f"{self.names[cam]}: stamp went backwards by {jump_s:.3f} s (to {stamp_ns / 1e9:.3f} s): bag loop "
+                f"or replay restart; synchroniser and dynamic TF reset")
         for s in ready:
             self.worker.submit(s)
 

@@ -14,7 +14,24 @@ This collector is what mature multi-camera nodes converged to:
   later sets no longer wait for it and are emitted as soon as every other camera is in (a dead camera costs one
   timeout, not one per set; independent of the frame rate, so slow bag playback behaves the same);
 * an image that belongs to an already closed set (its stamp is not newer than the last closed set) is *late*;
-* a stamp going backwards by more than ``slop_s`` on a camera (bag loop, replay restart) **resets** everything.
+* a camera's stamp going backwards by more than ``slop_s`` from its newest stamp of the current *epoch* (bag loop,
+  replay restart) starts a new epoch: a **reset**, once per loop. The open sets are dropped (counted incomplete:
+  the set in progress at the loop is lost) and every camera starts fresh in the new epoch.
+
+Images still in flight from the old epoch when the loop starts (other cameras' images of the last sets before the
+jump, arriving after the first image of the new one) must neither open sets nor reset a second time. Each camera's
+own images arrive in order (one publisher per topic; DDS keeps per-writer order, best effort drops rather than
+reorders), so after a reset every camera but the one that triggered it is *pending* until its first image of the
+new epoch. A pending camera's image is in the new epoch when its stamp goes back from that camera's last one by
+more than the slop (its own jump). Otherwise it continues the camera's old stream, and it is a *leftover* (counted
+late, dropped) when it is closer to the old epoch's newest stamp ``H`` than to the new epoch's newest stamp ``N``
+(``stamp > (H + N) / 2``), as long as ``N < H``; else it counts as the camera's first image of the new epoch (a
+camera that lagged or was silent before the loop). Once the new epoch's stamps reach ``H`` (a small jump back, a
+replay restart 0.3 s back: soon) stamps no longer tell the epochs apart and every camera counts as fresh. An image of
+a camera that already delivered in the new epoch is never a leftover. Large jumps (30 s) and small ones (less than
+a few frame periods) are both classified by that rule; resets come from a camera of the current epoch only. A
+leftover so late that the new stream already passed ``H`` is taken as new: it is late or opens a set that stays
+incomplete, and the camera's next stamps are not far enough behind it to reset again.
 
 Stamps are integers in nanoseconds (header stamps), receive times floats in seconds.
 """
@@ -52,8 +69,8 @@ class SyncCounters:
     complete_sets: int = 0
     partial_sets: int = 0  # emitted without some cameras (skip_camera)
     incomplete_sets: int = 0  # closed without being emitted (timeout under drop_set, superseded, too few cameras)
-    late_images: int = 0  # arrived after their set was closed, or a duplicate camera stamp
-    resets: int = 0  # stamps went backwards (bag loop)
+    late_images: int = 0  # arrived after their set was closed, a duplicate camera stamp, or a pre-loop leftover
+    resets: int = 0  # stamps went backwards (bag loop): one per loop
     missing_by_camera: dict[int, int] = field(default_factory=dict)  # camera index -> sets it was missing from
 
     def as_dict(self) -> dict[str, int]:
@@ -94,9 +111,13 @@ class SetCollector:
         self.counters = SyncCounters()
         self._open: list[_Open] = []
         self._last_closed: _Closed | None = None
-        self._last_stamp: list[int | None] = [None] * num_cameras
+        self._last_stamp: list[int | None] = [None] * num_cameras  # newest stamp per camera, current epoch
+        self._hi: int | None = None  # newest stamp of the current epoch (N)
+        self._old_hi: int | None = None  # newest stamp of the previous epoch (H) while leftovers may arrive
+        self._pending: dict[int, int | None] = {}  # camera not yet in the new epoch -> its last old stamp
         self._stale: set[int] = set()  # cameras missing from the last timed-out set and silent since
         self.reset_pending = False  # set on a reset; the owner clears it after acting (e.g. clearing TF)
+        self.last_jump_ns = 0  # size of the last jump back: previous epoch's newest stamp - the new stamp
 
     # -- public -------------------------------------------------------------------------------------------------
     def add(self, cam: int, stamp_ns: int, item: Any, receive_s: float) -> list[CameraSet]:
@@ -104,10 +125,21 @@ class SetCollector:
         if not 0 <= cam < self.n:
             raise IndexError(f"camera index {cam} out of range 0..{self.n - 1}")
         self.counters.images += 1
+        if cam in self._pending:
+            if self._is_leftover(cam, stamp_ns):
+                self.counters.late_images += 1
+                return []
+            del self._pending[cam]  # its first image of the new epoch
+        else:
+            last = self._last_stamp[cam]
+            if last is not None and stamp_ns < last - self.slop_ns:
+                self._new_epoch(cam, stamp_ns)
         last = self._last_stamp[cam]
-        if last is not None and stamp_ns < last - self.slop_ns:
-            self.reset()
         self._last_stamp[cam] = stamp_ns if last is None else max(last, stamp_ns)
+        self._hi = stamp_ns if self._hi is None else max(self._hi, stamp_ns)
+        if self._old_hi is not None and (self._hi >= self._old_hi or not self._pending):
+            self._old_hi = None  # the new epoch caught up with the old one (or every camera is in it)
+            self._pending.clear()
         self._stale.discard(cam)
 
         if self._is_late(cam, stamp_ns):
@@ -148,11 +180,15 @@ class SetCollector:
         return out
 
     def reset(self) -> None:
-        """Forget all open sets and the history (stamps went backwards: a bag loop or a replay restart)."""
+        """Forget all open sets and the history (stamps went backwards: a bag loop or a replay restart). Called by
+        ``add`` once per loop; called directly, nothing of the old stream is remembered (no leftover rule)."""
         self.counters.incomplete_sets += len(self._open)
         self._open.clear()
         self._last_closed = None
         self._last_stamp = [None] * self.n
+        self._hi = None
+        self._old_hi = None
+        self._pending = {}
         self._stale.clear()
         self.counters.resets += 1
         self.reset_pending = True
@@ -162,6 +198,26 @@ class SetCollector:
         return len(self._open)
 
     # -- internals ----------------------------------------------------------------------------------------------
+    def _new_epoch(self, cam: int, stamp: int) -> None:
+        """Camera ``cam`` went back to ``stamp``: reset; the other cameras are pending until they follow."""
+        old_hi = self._hi if self._hi is not None else stamp
+        pending = {}
+        for j in range(self.n):
+            if j != cam:  # a camera still pending from an earlier loop keeps its last stamp before that one
+                pending[j] = self._last_stamp[j] if self._last_stamp[j] is not None else self._pending.get(j)
+        self.reset()
+        self.last_jump_ns = old_hi - stamp
+        self._old_hi, self._pending = old_hi, pending
+
+    def _is_leftover(self, cam: int, stamp: int) -> bool:
+        """A pending camera's image belongs to the previous epoch (see the module docstring)."""
+        old = self._pending[cam]
+        if old is not None and stamp < old - self.slop_ns:
+            return False  # the camera's own jump back: it is in the new epoch
+        if self._old_hi is None or self._hi is None or self._hi >= self._old_hi:
+            return False
+        return 2 * stamp > self._old_hi + self._hi  # closer to the old epoch's end than to the new stream
+
     def _live_present(self, s: _Open) -> bool:
         """Every camera that is not stale is in ``s``, and there are at least min_cameras."""
         present = [x is not None for x in s.stamps]
