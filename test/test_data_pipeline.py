@@ -71,16 +71,20 @@ def test_dataset_sample_shapes_previous_frames_and_collate(tiny_root, tiny_infos
     infos = tiny_infos["synth_train"]
     assert s["frame_tokens"] == [infos[3]["sample_token"], infos[2]["sample_token"], infos[1]["sample_token"]]
     assert torch.allclose(s["frame_dt"], torch.tensor([0.0, 0.5, 1.0]))
+    assert s["prev2curr"].shape == (2, 4, 4) and s["prev2curr"].dtype == torch.float32
     s0 = ds[0]  # the first sample of the scene: previous frames clamp to it
     assert s0["frame_tokens"] == [infos[0]["sample_token"]] * 3
+    assert torch.equal(s0["prev2curr"], torch.eye(4).expand(2, 4, 4))
     # Points: key cloud (dt 0) + 2 previous sweeps (a sweep at 0.25 s, the previous key frame at 0.5 s).
     assert s["points"].shape[1] == 5
     assert sorted(np.unique(np.round(s["points"][:, 4].numpy(), 3)).tolist()) == [0.0, 0.25, 0.5]
     b = collate_batch([ds[1], ds[2]])
     assert b["imgs"].shape == (2, 3, 6, 3, 128, 352) and b["bda"].shape == (2, 4, 4)
+    assert b["prev2curr"].shape == (2, 2, 4, 4)
     assert b["depth"].shape == (2, 6, 8, 22) and len(b["gt_boxes"]) == 2 and len(b["points"]) == 2
     r50 = NuScenesDataset(preset("r50_256x704", str(tiny_root), load_points=False), infos)[0]
     assert r50["imgs"].shape == (1, 6, 3, 256, 704) and r50["depth"].shape == (6, 16, 44)
+    assert r50["prev2curr"].shape == (0, 4, 4)  # no previous frames
     assert "points" not in r50
 
 
@@ -183,9 +187,11 @@ def test_depth_targets(tiny_root, tiny_infos):
     assert (p["depth"][:, 12:] > 0).float().mean() > 0.5  # the lower (ground) half is well covered
 
 
-def test_previous_frames_are_aligned_in_the_key_ego_frame(tiny_root, tiny_infos, tiny_instances):
-    """cam2ego of a previous key frame maps that frame's camera into the *current* key ego: a static object's
-    current box projected through it lands on the object's pixels in the previous frame's image."""
+def test_previous_frames_in_their_own_key_ego_frame_with_prev2curr(tiny_root, tiny_infos, tiny_instances):
+    """Each previous key frame's cam2ego is that frame's own calibration chain (camera -> its own key ego), and
+    prev2curr = inv(cur ego2global) @ prev ego2global maps it into the current key ego: a static object's current
+    box projected through prev2curr @ cam2ego lands on the object's pixels in the previous frame's image. At the
+    start of a scene (previous frame clamped to the current one) prev2curr is exactly the identity."""
     cfg = DataConfig(dataroot=str(tiny_root), prev_key_offsets=(-1,), load_points=False,
                      image_aug=ImageAugConfig(final_dim=(225, 400), enabled=False, bot_pct_lim=(0.0, 0.0)))
     infos = tiny_infos["synth_all"]
@@ -195,27 +201,42 @@ def test_previous_frames_are_aligned_in_the_key_ego_frame(tiny_root, tiny_infos,
         s = ds[idx]
         cur, prev = ds.frame_infos(idx)
         assert prev["sample_token"] == cur["prev_sample_token"]
+        assert s["prev2curr"].shape == (1, 4, 4) and s["prev2curr"].dtype == torch.float32
+        p2c = geo.invert_transform(cur["ego2global"]) @ prev["ego2global"]
+        assert np.allclose(s["prev2curr"][0].double().numpy(), p2c, atol=1e-5)
         ids = _mask_ids(tiny_instances, cur)
         assert np.allclose(s["ida"][1, 0].numpy(), np.eye(4), atol=1e-6)
         for c, ch in enumerate(cfg.cameras):
+            cam = prev["cams"][ch]
+            own = geo.invert_transform(prev["ego2global"]) @ cam["ego2global"] @ cam["cam2ego"]
+            assert np.allclose(s["cam2ego"][1, c].double().numpy(), own, atol=1e-5)
+            cam = cur["cams"][ch]
+            own = geo.invert_transform(cur["ego2global"]) @ cam["ego2global"] @ cam["cam2ego"]
+            assert np.allclose(s["cam2ego"][0, c].double().numpy(), own, atol=1e-5)
             mask = _mask(tiny_root, prev["cams"][ch]["path"])
-            cam2ego = s["cam2ego"][1, c].double().numpy()
+            cam2cur = p2c @ s["cam2ego"][1, c].double().numpy()  # previous camera -> current key ego
             K = s["K"][1, c].double().numpy()
             for box, tok in zip(cur["gt_boxes"], cur["instance_tokens"]):
                 if np.hypot(box[7], box[8]) > 0 or tok not in ids:
                     continue  # only static objects keep their place between frames
                 pix = mask == ids[tok]
-                uv, d = geo.project_points(geo.box_corners(box[None])[0], cam2ego, K)
+                uv, d = geo.project_points(geo.box_corners(box[None])[0], cam2cur, K)
                 if np.any(d < 0.3) or pix.sum() < 10:
                     continue
                 hull = np.zeros(mask.shape, np.uint8)
                 cv2.fillConvexPoly(hull, np.round(cv2.convexHull(uv.astype(np.float32))).astype(np.int32), 1)
                 assert cv2.dilate(hull, np.ones((3, 3), np.uint8))[pix].mean() > 0.99
                 checked += 1
-        # ego moved between the frames: the previous cameras are not where the current ones are
+        # ego moved between the frames: prev2curr holds that motion
         moved = np.linalg.norm(cur["ego2global"][:3, 3] - prev["ego2global"][:3, 3])
-        assert np.isclose(np.linalg.norm(s["cam2ego"][1, 0, :3, 3] - s["cam2ego"][0, 0, :3, 3]), moved, atol=1e-3)
+        assert moved > 0.5 and np.isclose(np.linalg.norm(s["prev2curr"][0, :3, 3]), moved, atol=1e-3)
     assert checked > 5
+    for idx in (0, 4):  # the first sample of each scene: clamped to itself, identity motion
+        s = ds[idx]
+        assert s["frame_tokens"] == [infos[idx]["sample_token"]] * 2
+        assert torch.equal(s["prev2curr"], torch.eye(4)[None]) and torch.equal(s["cam2ego"][1], s["cam2ego"][0])
+    b = collate_batch([ds[0], ds[3]])
+    assert b["prev2curr"].shape == (2, 1, 4, 4) and torch.equal(b["prev2curr"][0, 0], torch.eye(4))
 
 
 def test_dataloader_workers_are_deterministic(tiny_root, tiny_infos):

@@ -45,3 +45,54 @@ def test_exported_program_matches_eager(tmp_path):
     # shapes are checked: a different camera count is refused
     with pytest.raises(Exception):
         program(images[:, :5], K[:, :5], cam2ego[:, :5], ida[:, :5], bda)
+
+
+def test_exported_temporal_program_matches_eager_over_a_sequence(tmp_path):
+    """A temporal student (2 previous frames) exported with prev2curr and prev_bev as inputs: over three frames,
+    each call fed the previous calls' exported ``bev_current`` as ``prev_bev`` (a BevHistory, as the node keeps
+    them) with the ego motion in ``prev2curr``, agrees with eager mode given the eager ``bev_current``s."""
+    import dataclasses
+
+    import numpy as np
+
+    from labeldistill_ros import geometry as g
+    from labeldistill_ros.temporal_buffer import BevHistory, fill_missing
+
+    base = load_model_config(SMALL)
+    cfg = dataclasses.replace(base, temporal=dataclasses.replace(base.temporal, num_prev_frames=2,
+                                                                 prev_offsets_s=(0.5, 1.0)))
+    torch.manual_seed(0)
+    model = StudentDetector.from_config(cfg).eval()
+    inputs = example_inputs(cfg, num_cameras=2)
+    assert inputs[5].shape == (1, 2, 4, 4) and inputs[6].shape == (1, 2, 32, 64, 64)
+    export_student(model, inputs, tmp_path / "temporal.pt2")
+    program = load_exported(tmp_path / "temporal.pt2")
+    images, K, cam2ego, ida, bda = inputs[:5]
+    C, ntask = cfg.depth_net.context_channels, len(cfg.head.task_groups)
+    offsets = cfg.temporal.effective_offsets_s
+    exported_hist, eager_hist = BevHistory.for_config(cfg), BevHistory.for_config(cfg)
+    gen = torch.Generator().manual_seed(3)
+    for i in range(3):
+        stamp = i * 500_000_000
+        pose = g.make_transform(g.yaw_to_quat(0.1 * i), [3.0 * i, 0.5 * i, 0.0])
+        frame = torch.randn(images.shape, generator=gen)
+        with torch.no_grad():
+            sel = exported_hist.select(stamp, pose, offsets, 0.25)
+            flat = program(frame, K, cam2ego, ida, bda, sel.prev2curr, sel.prev_bev)
+            if any(sel.missing):  # the current frame stands in for missing ones (training's start of a scene)
+                flat = program(frame, K, cam2ego, ida, bda, sel.prev2curr,
+                               fill_missing(sel.prev_bev, sel.missing, flat[0]))
+            esel = eager_hist.select(stamp, pose, offsets, 0.25)
+            eager = model(frame, K, cam2ego, ida, bda, prev2curr=esel.prev2curr, prev_bev=esel.prev_bev)
+            if any(esel.missing):
+                eager = model(frame, K, cam2ego, ida, bda, prev2curr=esel.prev2curr,
+                              prev_bev=fill_missing(esel.prev_bev, esel.missing, eager.bev_input[:, :C]))
+        assert sel.missing == [i < 1, i < 2]
+        torch.testing.assert_close(sel.prev2curr, esel.prev2curr)
+        torch.testing.assert_close(flat[0], eager.bev_input[:, :C], atol=1e-4, rtol=1e-4)
+        for got, want in zip(unflatten_head_outputs(flat[1:], ntask), eager.head_outputs):
+            for k in want:
+                torch.testing.assert_close(got[k], want[k], atol=1e-4, rtol=1e-4)
+        exported_hist.push(stamp, pose, flat[0])
+        eager_hist.push(stamp, pose, eager.bev_input[:, :C])
+    assert not torch.equal(sel.prev2curr[0, 0], torch.eye(4))  # the last frame really warped its history

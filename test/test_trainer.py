@@ -123,3 +123,53 @@ def test_two_process_gloo_ddp(tmp_path):
     assert r.stdout.count('"global_step": 4') == 2
     assert (tmp_path / "teacher" / "final.pt").is_file()
     assert load_checkpoint(tmp_path / "teacher" / "last.pt", "teacher_state")["epoch"] == 0
+
+
+def test_previous_frame_offsets_reach_the_student_config_and_its_inputs(tmp_path):
+    """The data's prev_key_offsets become the student's temporal.prev_offsets_s (key offset k -> -k * 0.5 s), so the
+    runtime checkpoint carries them; a model YAML stating other offsets is an error; student_inputs passes the
+    batch's prev2curr (previous key ego -> current key ego) with each previous frame's own cam2ego."""
+    import yaml
+
+    from labeldistill_ros.model.checkpoint import read_checkpoint, save_checkpoint
+    from labeldistill_training.trainer import Trainer, build_student, data_config_for_stage, student_inputs
+
+    model = yaml.safe_load((REPO / "config/model/r18_128x352_cpu.yaml").read_text())
+    model["temporal"] = {"num_prev_frames": 2}
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(model))
+    model["temporal"]["prev_offsets_s"] = [1.0, 2.0]
+    (tmp_path / "m_stated.yaml").write_text(yaml.safe_dump(model))
+
+    def trainer(model_yaml, offsets):
+        cfg = train_config_from_dict({
+            "model_config": str(tmp_path / model_yaml), "trainer": {"work_dir": str(tmp_path / "work")},
+            "data": {"dataroot": str(tmp_path), "prev_key_offsets": offsets,
+                     "image_aug": {"final_dim": [128, 352]}, "depth": {"stride": 16}}})
+        return Trainer(cfg, "student", dataset_factory=lambda *a: None, collate_fn=lambda b: b)
+
+    t = trainer("m.yaml", [-1, -2])
+    assert t.model_cfg.temporal.prev_offsets_s == (0.5, 1.0)
+    assert data_config_for_stage(t.cfg, t.model_cfg, "student").prev_key_offsets == (-1, -2)
+    save_checkpoint(tmp_path / "student.pt", build_student(t.model_cfg))
+    assert read_checkpoint(tmp_path / "student.pt")["model_config"].temporal.effective_offsets_s == (0.5, 1.0)
+    assert trainer("m_stated.yaml", [-2, -4]).model_cfg.temporal.prev_offsets_s == (1.0, 2.0)
+    with pytest.raises(ValueError, match=r"prev_offsets_s \[1\.0, 2\.0\] s differ from the data's"):
+        trainer("m_stated.yaml", [-1, -2])
+    with pytest.raises(ValueError, match="data.prev_key_offsets has 1 frames"):
+        trainer("m.yaml", [-1])
+    with pytest.raises(ValueError, match="most recent first"):
+        trainer("m.yaml", [-2, -1])
+    with pytest.raises(ValueError, match="differ from the data's"):  # also when the data section changes later
+        data_config_for_stage(trainer("m_stated.yaml", [-2, -4]).cfg, t.model_cfg, "student")
+
+    B, F, N = 2, 3, 2
+    p2c = torch.eye(4).repeat(B, F - 1, 1, 1)
+    p2c[:, :, 0, 3] = torch.tensor([-3.0, -6.0])
+    cam2ego = torch.randn(B, F, N, 4, 4)
+    batch = {"imgs": torch.randn(B, F, N, 3, 8, 8), "K": torch.randn(B, F, N, 3, 3), "cam2ego": cam2ego,
+             "ida": torch.randn(B, F, N, 4, 4), "bda": torch.eye(4).repeat(B, 1, 1), "prev2curr": p2c}
+    kw = student_inputs(batch)
+    assert kw["prev2curr"] is p2c and torch.equal(kw["prev_cam2ego"], cam2ego[:, 1:])
+    assert torch.equal(kw["cam2ego"], cam2ego[:, 0]) and kw["prev_images"].shape == (B, F - 1, N, 3, 8, 8)
+    with pytest.raises(ValueError, match="prev2curr"):
+        student_inputs({k: v for k, v in batch.items() if k != "prev2curr"})

@@ -50,3 +50,29 @@ def test_stage_chain_on_tiny_set(tiny_root, tmp_path):  # noqa: F811
     from labeldistill_ros.model.checkpoint import read_checkpoint
 
     assert read_checkpoint(work / "student/student.pt")["extra"]["method"] == "labeldistill"
+
+
+def test_temporal_student_trains_on_the_node_path(tiny_root, tmp_path):  # noqa: F811
+    """A student with one previous key frame trains through the real pipeline: the previous frame is lifted in its
+    own key ego frame and warped with the batch's prev2curr; the runtime checkpoint carries the 0.5 s offset."""
+    import yaml
+
+    from labeldistill_ros.model.checkpoint import read_checkpoint
+    from labeldistill_training.config import load_train_config
+    from labeldistill_training.trainer import Trainer
+
+    torch.set_num_threads(1)
+    model = yaml.safe_load((REPO / "config/model/r18_128x352_cpu.yaml").read_text())
+    model["temporal"] = {"num_prev_frames": 1}
+    (tmp_path / "temporal.yaml").write_text(yaml.safe_dump(model))
+    cfg = load_train_config(REPO / "config/train/cpu_small.yaml", {
+        "model_config": str(tmp_path / "temporal.yaml"), "distill": {"method": "none"},
+        "data": {"dataroot": str(tiny_root), "prev_key_offsets": [-1]},
+        "loader": {"batch_size": 2, "num_workers": 0},
+        "trainer": {"work_dir": str(tmp_path / "work"), "progress": False, "log_interval": 1, "eval_at_end": False},
+        "stages": {"student": {"epochs": 1, "max_iters_per_epoch": 1, "milestones": [5]}}})
+    s = Trainer(cfg, "student").fit()
+    assert s["global_step"] == 1
+    ck = read_checkpoint(tmp_path / "work/student/student.pt")
+    assert ck["model_config"].temporal.num_prev_frames == 1
+    assert ck["model_config"].temporal.prev_offsets_s == (0.5,)

@@ -223,8 +223,12 @@ def padded_points(batch: dict) -> torch.Tensor:
 
 
 def student_inputs(batch: dict) -> dict:
-    """Student forward arguments from a pipeline batch (``imgs (B, F, N, 3, H, W)``, frame 0 = current; the
-    pipeline expresses every frame's ``cam2ego`` in the current key ego frame, so ``prev2curr`` = identity).
+    """Student forward arguments from a pipeline batch (``imgs (B, F, N, 3, H, W)``, frame 0 = current).
+
+    The node's path: each previous frame ``t`` is lifted in its *own* key ego frame (``prev_cam2ego = cam2ego[:,
+    1:] (B, T, N, 4, 4)``, camera -> that frame's key ego), without gradients, and warped into the current key
+    ego with the batch's ``prev2curr (B, T, 4, 4)`` (previous key ego -> current key ego; identity for a frame
+    clamped to the current one at the start of a scene), exactly as the node warps the BEV feature it kept.
     Also accepts ``images (B, N, 3, H, W)`` with per-frame-free calibration (tests)."""
     if "images" in batch:
         kw = {k: batch[k] for k in ("images", "K", "cam2ego", "ida", "bda")}
@@ -233,10 +237,15 @@ def student_inputs(batch: dict) -> dict:
     kw = {"images": imgs[:, 0], "K": batch["K"][:, 0], "cam2ego": batch["cam2ego"][:, 0],
           "ida": batch["ida"][:, 0], "bda": batch["bda"]}
     if imgs.shape[1] > 1:
-        B, T = imgs.shape[0], imgs.shape[1] - 1
+        T = imgs.shape[1] - 1
+        p2c = batch.get("prev2curr")
+        if p2c is None or tuple(p2c.shape[1:]) != (T, 4, 4):
+            raise ValueError(f"a batch with {T} previous frames needs 'prev2curr' of shape (B, {T}, 4, 4) (previous "
+                             f"key ego -> current key ego, from the data pipeline), got "
+                             f"{None if p2c is None else tuple(p2c.shape)}")
         kw["prev_images"] = imgs[:, 1:]
         kw["prev_cam2ego"] = batch["cam2ego"][:, 1:]
-        kw["prev2curr"] = torch.eye(4, device=imgs.device).expand(B, T, 4, 4)
+        kw["prev2curr"] = p2c
     return kw
 
 
@@ -388,7 +397,7 @@ class Trainer:
             device = torch.device(f"cuda:{self.dist.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
         self.device = device
         mpath = resolve_path(cfg, cfg.model_config)
-        self.model_cfg = load_model_config(mpath)
+        self.model_cfg = with_data_prev_offsets(cfg, load_model_config(mpath))
         self.grid = bev_grid(self.model_cfg)
         self.out_dir = Path(resolve_path(cfg, cfg.trainer.work_dir)) / stage
         if dataset_factory is None or collate_fn is None:
@@ -726,7 +735,50 @@ def data_config_for_stage(cfg: TrainConfig, model_cfg, stage: str, method: str =
     if len(dc.prev_key_offsets) != model_cfg.temporal.num_prev_frames:
         raise ValueError(f"data.prev_key_offsets has {len(dc.prev_key_offsets)} frames, the model uses "
                          f"temporal.num_prev_frames = {model_cfg.temporal.num_prev_frames}")
+    _check_prev_offsets(key_offsets_to_seconds(dc.prev_key_offsets), model_cfg)
     return dc
+
+
+def key_offsets_to_seconds(prev_key_offsets) -> tuple[float, ...]:
+    """The data's ``prev_key_offsets`` (negative key-frame offsets, e.g. ``(-2, -4)``) -> seconds before the current
+    frame, the model's ``temporal.prev_offsets_s`` (e.g. ``(1.0, 2.0)``): nuScenes key frames are
+    ``KEY_FRAME_INTERVAL_S`` = 0.5 s apart, so offset k is ``-k * 0.5`` s."""
+    from labeldistill_ros.model.config import KEY_FRAME_INTERVAL_S
+
+    return tuple(-int(k) * KEY_FRAME_INTERVAL_S for k in prev_key_offsets)
+
+
+def _check_prev_offsets(data_s: tuple[float, ...], model_cfg) -> None:
+    stated = tuple(model_cfg.temporal.prev_offsets_s)
+    if stated and (len(stated) != len(data_s) or any(abs(a - b) > 1e-6 for a, b in zip(stated, data_s))):
+        raise ValueError(f"the model config's temporal.prev_offsets_s {list(stated)} s differ from the data's "
+                         f"prev_key_offsets, which give {list(data_s)} s (key offset k -> -k * 0.5 s): make them "
+                         f"agree, or remove temporal.prev_offsets_s from the model YAML (the trainer writes them "
+                         f"from the data config)")
+
+
+def with_data_prev_offsets(cfg: TrainConfig, model_cfg):
+    """``model_cfg`` with ``temporal.prev_offsets_s`` written from the data config's ``prev_key_offsets`` (so the
+    student, its checkpoints and the node's frame buffer know how far back each previous frame lies). A model
+    YAML that states other offsets, or a different number of previous frames, is an error. Unchanged when the
+    training config has no ``data`` section (custom dataset factories)."""
+    from labeldistill_ros.model.config import model_config_from_dict, model_config_to_dict
+    from labeldistill_training.data.config import load_data_config
+
+    if not cfg.data:
+        return model_cfg
+    keys = load_data_config({"dataroot": ".", **cfg.data}).prev_key_offsets
+    T = model_cfg.temporal.num_prev_frames
+    if len(keys) != T:
+        raise ValueError(f"data.prev_key_offsets has {len(keys)} frames ({list(keys)}), the model uses "
+                         f"temporal.num_prev_frames = {T}: make them agree")
+    offsets = key_offsets_to_seconds(keys)
+    _check_prev_offsets(offsets, model_cfg)
+    if any(b <= a for a, b in zip(offsets, offsets[1:])):
+        raise ValueError(f"data.prev_key_offsets {list(keys)} must go back in time, most recent first "
+                         f"(e.g. {sorted(keys, reverse=True)}): the model's previous frames are ordered that way")
+    new = _replace(model_cfg, temporal=_replace(model_cfg.temporal, prev_offsets_s=offsets))
+    return model_config_from_dict(model_config_to_dict(new), source="model config with the data's prev offsets")
 
 
 def _replace(obj, **kw):

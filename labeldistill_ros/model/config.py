@@ -71,11 +71,36 @@ class BEVGridConfig:
         return round((self.y[1] - self.y[0]) / self.y[2])
 
 
+KEY_FRAME_INTERVAL_S = 0.5
+"""Seconds between two nuScenes key frames (the default spacing of the previous frames)."""
+
+
 @dataclass(frozen=True)
 class TemporalConfig:
-    """Previous frames whose BEV features are warped into the current ego frame and concatenated."""
+    """Previous frames whose BEV features are warped into the current ego frame and concatenated.
+
+    Attributes:
+        num_prev_frames: T, previous frames the model takes (0: single-frame model).
+        prev_offsets_s: seconds before the current frame of each previous frame, most recent first, length T
+            (the trainer writes them from the data's ``prev_key_offsets``: key offset k -> ``-k * 0.5`` s).
+            Empty (checkpoints from before this field): ``0.5 * (i + 1)`` for frame i, see
+            :attr:`effective_offsets_s`.
+        max_offset_error_s: largest ``|buffered frame time - (current time - offset)|`` the runtime accepts for a
+            previous frame; beyond it that slot falls back to the current frame with the identity motion (what
+            training does at the start of a scene).
+    """
 
     num_prev_frames: int = 0
+    prev_offsets_s: tuple[float, ...] = ()
+    max_offset_error_s: float = 0.25
+
+    @property
+    def effective_offsets_s(self) -> tuple[float, ...]:
+        """``(T,)`` seconds before the current frame of each previous frame, most recent first: the stated
+        ``prev_offsets_s``, or ``0.5 * (i + 1)`` when none are stated."""
+        if self.prev_offsets_s:
+            return tuple(float(o) for o in self.prev_offsets_s)
+        return tuple(KEY_FRAME_INTERVAL_S * (i + 1) for i in range(self.num_prev_frames))
 
 
 @dataclass(frozen=True)
@@ -233,8 +258,7 @@ def _validate(cfg: ModelConfig, src: str) -> None:
            f"{list(trunk.strides)}): make the cell counts divisible by {total}")
     for k in ("base_channels", "neck_channels"):
         _check(getattr(trunk, k) > 0, src, f"bev_trunk.{k} must be > 0")
-    _check(0 <= cfg.temporal.num_prev_frames <= 8, src,
-           f"temporal.num_prev_frames = {cfg.temporal.num_prev_frames} must be in [0, 8]")
+    _validate_temporal(cfg.temporal, src)
 
     head = cfg.head
     _check(head.share_conv_channels > 0 and head.head_conv_channels > 0, src, "head channel counts must be > 0")
@@ -254,3 +278,28 @@ def _validate(cfg: ModelConfig, src: str) -> None:
     _check(len(dec.nms_radius) == len(cfg.class_names) and all(r >= 0 for r in dec.nms_radius), src,
            f"decode.nms_radius needs one radius >= 0 (metres) per class ({len(cfg.class_names)}), "
            f"got {len(dec.nms_radius)}")
+
+
+def _validate_temporal(tc: TemporalConfig, src: str) -> None:
+    T = tc.num_prev_frames
+    _check(0 <= T <= 8, src, f"temporal.num_prev_frames = {T} must be in [0, 8]")
+    offs = list(tc.prev_offsets_s)
+    if offs:
+        _check(len(offs) == T, src,
+               f"temporal.prev_offsets_s has {len(offs)} entries but temporal.num_prev_frames = {T}: give one offset "
+               f"(seconds before the current frame, most recent first) per previous frame, e.g. "
+               f"{[KEY_FRAME_INTERVAL_S * (i + 1) for i in range(T)]}, or leave it out")
+        _check(all(math.isfinite(o) and o > 0 for o in offs), src,
+               f"temporal.prev_offsets_s = {offs} must be > 0 (seconds before the current frame, e.g. 0.5 for the "
+               f"previous nuScenes key frame)")
+        _check(all(b > a for a, b in zip(offs, offs[1:])), src,
+               f"temporal.prev_offsets_s = {offs} must be strictly increasing (most recent frame first), e.g. "
+               f"{sorted(set(offs))}")
+    err = tc.max_offset_error_s
+    _check(math.isfinite(err) and err > 0, src,
+           f"temporal.max_offset_error_s = {err} must be > 0 seconds (default 0.25)")
+    if T:
+        first = tc.effective_offsets_s[0]
+        _check(err < first, src,
+               f"temporal.max_offset_error_s = {err} s must be smaller than the most recent previous frame's offset "
+               f"{first:g} s (otherwise the current frame could stand in for a previous one); e.g. {first / 2:g}")

@@ -3,8 +3,11 @@ augmentation shared by boxes, points and geometry, multi-sweep LiDAR, per-camera
 
 Frames and matrices (all 4x4 map column vectors, ``p_b = T_a2b @ p_a``):
 
-* **key ego**: the ego frame at the sample's LIDAR_TOP key frame (``info["ego2global"]``); boxes, points and
-  ``cam2ego`` of every frame (current and previous) are expressed in it, *before* the BEV augmentation ``bda``.
+* **key ego**: the ego frame at the sample's LIDAR_TOP key frame (``info["ego2global"]``); boxes, points and the
+  current frame's ``cam2ego`` are expressed in it, *before* the BEV augmentation ``bda``. Each previous frame's
+  ``cam2ego`` is expressed in *that* frame's own key ego (each camera compensated to its frame's LiDAR key time,
+  as the current frame is), and ``prev2curr`` maps it into the current key ego: the node lifts every camera set
+  once in its own ego frame and warps the kept BEV feature with ``prev2curr``, and training does the same.
   The network's frustum geometry is ``bda @ cam2ego @ K^-1 @ ida^-1``; ``gt_boxes`` and ``points`` are returned
   after ``bda`` so that all three agree.
 * ``ida`` maps original-image pixels ``[u, v, 1, 1]`` (pixel centres at integers) to network-input pixels; the
@@ -18,7 +21,9 @@ key            shape / type               meaning
 =============  =========================  ==========================================================
 imgs           (F, N, 3, H, W) float32    normalised images (RGB if ``to_rgb``)
 K              (F, N, 3, 3) float32       intrinsics of the original images (pixels)
-cam2ego        (F, N, 4, 4) float32       camera -> key ego (pre-bda)
+cam2ego        (F, N, 4, 4) float32       camera -> that frame's own key ego (pre-bda)
+prev2curr      (F-1, 4, 4) float32        previous key ego -> current key ego, ``inv(cur ego2global) @ prev
+                                          ego2global`` (identity where the frame is clamped to the current one)
 ida            (F, N, 4, 4) float32       image augmentation (same per camera across frames)
 bda            (4, 4) float32             BEV augmentation (identity when not training)
 gt_boxes       (M, 9) float32             x, y, z, l, w, h, yaw, vx, vy in key ego after bda
@@ -238,8 +243,12 @@ class NuScenesDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, int(idx)]) if self.training else None
         frames = self.frame_infos(idx)
         info = frames[0]
-        key_g2e = geo.invert_transform(info["ego2global"])
+        frame_g2e = [geo.invert_transform(fr["ego2global"]) for fr in frames]  # global -> each frame's key ego
         F, N = len(frames), len(cfg.cameras)
+        # previous key ego -> current key ego; exactly the identity for a frame clamped to the current one
+        prev2curr = np.array([np.eye(4) if fr["sample_token"] == info["sample_token"]
+                              else frame_g2e[0] @ np.asarray(fr["ego2global"], dtype=np.float64)
+                              for fr in frames[1:]], dtype=np.float64).reshape(F - 1, 4, 4)
         fH, fW = cfg.image_aug.final_dim
         imgs = np.zeros((F, N, 3, fH, fW), dtype=np.float32)
         Ks = np.zeros((F, N, 3, 3))
@@ -254,7 +263,7 @@ class NuScenesDataset(Dataset):
                     ida = self.sample_ida(rng, img.shape[1], img.shape[0])
                 imgs[f, c] = self._normalise(self._warp(img, ida))
                 Ks[f, c] = cam["K"]
-                c2e[f, c] = key_g2e @ cam["ego2global"] @ cam["cam2ego"]
+                c2e[f, c] = frame_g2e[f] @ cam["ego2global"] @ cam["cam2ego"]
                 idas[f, c] = ida
         bda = self.sample_bda(rng)
         boxes, labels = self.ground_truth(info)
@@ -266,6 +275,7 @@ class NuScenesDataset(Dataset):
             "bda": torch.from_numpy(bda.astype(np.float32)),
             "gt_boxes": torch.from_numpy(geo.transform_boxes(boxes, bda).astype(np.float32).reshape(-1, 9)),
             "gt_labels": torch.from_numpy(labels),
+            "prev2curr": torch.from_numpy(prev2curr.astype(np.float32)),
             "ego2global": torch.from_numpy(np.asarray(info["ego2global"], dtype=np.float64)),
             "frame_dt": torch.tensor([(info["timestamp"] - fr["timestamp"]) * 1e-6 for fr in frames],
                                      dtype=torch.float32),
