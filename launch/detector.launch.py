@@ -8,8 +8,13 @@ dds_profile: 'vehicle' applies the shipped Fast DDS profile with a 128 MiB share
 images between processes on one computer, normal network discovery); 'local' keeps all traffic on this host
 (replay and tests); 'none' leaves the middleware as configured by the environment. The profile must also be
 applied to the camera drivers' processes for shared memory to be used end to end.
+
+checkpoint, device, precision and use_sim_time override the parameter file only when given: their defaults are
+empty, and an empty argument passes nothing, so the values in `config` stay in effect (e.g. `device: cuda:1` in a
+copy of config/detector.yaml).
 """
 import os
+import re
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
@@ -20,6 +25,14 @@ from launch_ros.actions import Node
 
 PACKAGE = "labeldistill_ros"
 DDS_PROFILES = {"vehicle": "fastdds_vehicle_shm.xml", "local": "fastdds_local.xml"}
+# Node parameters that launch arguments may set: name -> (accepted values, how to convert the argument text).
+# An empty argument passes nothing (the parameter file's value stays in effect).
+NODE_ARGUMENTS = {
+    "checkpoint": (None, str),
+    "device": (re.compile(r"auto|cpu|cuda(:\d+)?"), str),
+    "precision": (re.compile(r"fp32|fp16"), str),
+    "use_sim_time": (re.compile(r"true|false", re.IGNORECASE), lambda v: v.lower() == "true"),
+}
 
 
 def _parse_remaps(text):
@@ -33,6 +46,20 @@ def _parse_remaps(text):
     return pairs
 
 
+def _node_overrides(context):
+    """The node parameters given as launch arguments (non-empty), checked: {name: value}."""
+    out = {}
+    for name, (valid, convert) in NODE_ARGUMENTS.items():
+        text = LaunchConfiguration(name).perform(context).strip()
+        if not text:
+            continue
+        if valid is not None and not valid.fullmatch(text):
+            raise RuntimeError(f"launch argument {name}:='{text}' is invalid: must be empty (the config file's "
+                               f"value) or match {valid.pattern}")
+        out[name] = convert(text)
+    return out
+
+
 def _setup(context):
     share = get_package_share_directory(PACKAGE)
     cfg = LaunchConfiguration
@@ -44,18 +71,13 @@ def _setup(context):
             actions.append(SetEnvironmentVariable("FASTRTPS_DEFAULT_PROFILES_FILE", path))
         actions += [SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", path),
                     SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", "SYSTEM_DEFAULT")]
-    overrides = {
-        "checkpoint": cfg("checkpoint").perform(context),
-        "device": cfg("device").perform(context),
-        "precision": cfg("precision").perform(context),
-        "use_sim_time": cfg("use_sim_time").perform(context).lower() == "true",
-    }
+    overrides = _node_overrides(context)
     actions.append(Node(
         package=PACKAGE,
         executable="detector_node",
         name="labeldistill_detector",
         namespace=cfg("namespace").perform(context),
-        parameters=[cfg("config").perform(context), overrides],
+        parameters=[cfg("config").perform(context)] + ([overrides] if overrides else []),
         remappings=_parse_remaps(cfg("topic_remaps").perform(context)),
         output="screen",
         emulate_tty=True,
@@ -63,7 +85,7 @@ def _setup(context):
     actions.append(Node(
         package="rviz2", executable="rviz2", name="rviz2",
         arguments=["-d", os.path.join(share, "config", "labeldistill.rviz")],
-        parameters=[{"use_sim_time": overrides["use_sim_time"]}],
+        parameters=[{"use_sim_time": overrides["use_sim_time"]}] if "use_sim_time" in overrides else [],
         condition=IfCondition(cfg("rviz")),
     ))
     return actions
@@ -74,13 +96,18 @@ def generate_launch_description():
     return LaunchDescription([
         DeclareLaunchArgument("config", default_value=os.path.join(share, "config", "detector.yaml"),
                               description="Node parameter file"),
-        DeclareLaunchArgument("checkpoint", description="Student checkpoint (.pt) from labeldistill-train"),
-        DeclareLaunchArgument("device", default_value="auto", choices=["auto", "cuda", "cpu"],
-                              description="Inference device"),
-        DeclareLaunchArgument("precision", default_value="fp32", choices=["fp32", "fp16"],
-                              description="Inference precision (fp16 on cuda only)"),
-        DeclareLaunchArgument("use_sim_time", default_value="false", choices=["true", "false"],
-                              description="Use /clock (bag replay with ros2 bag play --clock)"),
+        DeclareLaunchArgument("checkpoint", default_value="",
+                              description="Student checkpoint (.pt) from labeldistill-train (empty: the config's; "
+                                          "the shipped config has none, so give it)"),
+        DeclareLaunchArgument("device", default_value="",
+                              description="Inference device: auto | cpu | cuda | cuda:N (empty: the config's, "
+                                          "auto in the shipped one)"),
+        DeclareLaunchArgument("precision", default_value="",
+                              description="Inference precision: fp32 | fp16, fp16 on cuda only (empty: the "
+                                          "config's, fp32 in the shipped one)"),
+        DeclareLaunchArgument("use_sim_time", default_value="",
+                              description="true: use /clock (bag replay with ros2 bag play --clock); false; "
+                                          "empty: the config's (false unless it sets it)"),
         DeclareLaunchArgument("rviz", default_value="false", choices=["true", "false"],
                               description="Start RViz with the shipped configuration"),
         DeclareLaunchArgument("namespace", default_value="", description="Namespace of the node"),

@@ -178,7 +178,10 @@ def tf_roundtrip(sample: CameraSample) -> list[np.ndarray]:
 class NodeHarness:
     """The node in its own process plus a test-side rclpy node that feeds it and records its outputs."""
 
-    def __init__(self, tmp: Path, checkpoint: Path, overrides: dict | None = None, name: str = "node"):
+    def __init__(self, tmp: Path, checkpoint: Path, overrides: dict | None = None, name: str = "node",
+                 env: dict | None = None):
+        """``overrides``: node parameters over the harness's defaults below; a value of None leaves that parameter
+        to the node's own default. ``env``: extra environment of the node process."""
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -197,9 +200,17 @@ class NodeHarness:
             "sync_timeout_s": 2.0,
             "max_processing_time_ms": 30000.0,  # shared CI cores: no "slow" WARN in functional tests
             "cpu_threads": 1,  # 2 shared cores: parallel kernels stall badly when another process is busy
+            # The offline Detector the outputs are compared with runs on the CPU; and no "device auto fell back to
+            # the CPU" WARN in functional tests.
+            "device": "cpu",
+            # Functional tests compare whole sets with the offline Detector: a set that lost an image in transport
+            # is dropped (and sent again) instead of being run without that camera (the node's default).
+            "missing_camera_policy": "drop_set",
         }
         params.update(overrides or {})
+        params = {k: v for k, v in params.items() if v is not None}
         self.params = params
+        self.env = dict(os.environ, **(env or {}))
         self.param_file = tmp / f"params_{uid}.yaml"
         self.param_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
         self.lines: list[str] = []
@@ -215,7 +226,7 @@ class NodeHarness:
     # -- process ----------------------------------------------------------------------------------------------
     def _start(self, args: list[str]) -> subprocess.Popen:
         proc = subprocess.Popen([sys.executable, "-m", "labeldistill_ros.node.detector_node", *args],
-                                env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         threading.Thread(target=self._read, args=(proc,), daemon=True).start()
         return proc
 
@@ -265,8 +276,8 @@ class NodeHarness:
         self.timings: dict[str, list[float]] = {}
         n.create_subscription(Detection3DArray, f"{base}/output/detections", self.detections.append,
                               QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
-        n.create_subscription(MarkerArray, f"{base}/output/markers", self.markers.append,
-                              QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
+        self.sub_markers = n.create_subscription(MarkerArray, f"{base}/output/markers", self.markers.append,
+                                                 QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
         n.create_subscription(LabelInfo, f"{base}/output/label_info", self.labels.append, latched)
         n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, QoSProfile(depth=100))
         for k in ("preprocess", "inference", "postprocess", "total"):

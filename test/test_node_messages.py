@@ -74,6 +74,28 @@ def test_markers_delete_all_first_then_cubes_and_labels_per_class():
     assert len(no_text.markers) == 13
 
 
+def test_marker_lifetime_follows_the_output_period_and_the_builder_applies_it():
+    assert m.marker_lifetime(0.25, []) == 0.25 and m.marker_lifetime(0.25, [10.0]) == 0.25  # nothing measured yet
+    assert m.marker_lifetime(0.25, [0.0, 1 / 12, 2 / 12]) == pytest.approx(0.25)  # 12 Hz: 3 periods = 0.25 s
+    assert m.marker_lifetime(0.25, [0.0, 1.0, 2.0, 3.1]) == pytest.approx(3.0)  # 1 Hz on a CPU: 3 s, no blinking
+    assert m.marker_lifetime(0.25, [0.0, 1.0, 2.0, 32.0, 33.0]) == pytest.approx(3.0)  # one long pause ignored
+    assert m.marker_lifetime(5.0, [0.0, 0.1, 0.2]) == 5.0  # never below the configured value
+    assert m.marker_lifetime(0.0, [0.0, 1.0, 2.0]) == 0.0  # 0 = forever stays forever
+    from visualization_msgs.msg import Marker
+
+    b = m.MarkerArrayBuilder(0.25)
+    first = b.build(dets(3), STAMP, "base_link").markers[1:]
+    b.set_lifetime(2.5)
+    second = b.build(dets(4), STAMP, "base_link").markers[1:]
+    assert b.lifetime_s == 2.5 and len(second) == 8
+    for x in second:  # pooled markers from the first build and new ones alike
+        assert (x.lifetime.sec, x.lifetime.nanosec) == (2, 500_000_000)
+    assert any(x is y for x, y in zip(first, second))
+    b.set_lifetime(0.0)
+    assert all(x.lifetime.sec == x.lifetime.nanosec == 0 for x in b.build(dets(2), STAMP, "b").markers[1:])
+    assert b.build(dets(2), STAMP, "b").markers[0].action == Marker.DELETEALL
+
+
 def test_label_info_maps_ids_to_class_names():
     li = m.label_info(CLASS_NAMES, 0.3)
     assert [(c.class_id, c.class_name) for c in li.class_map] == list(enumerate(CLASS_NAMES))
@@ -95,6 +117,52 @@ def test_label_info_maps_ids_to_class_names():
 def test_diagnostic_levels(window, ready, level, text):
     lv, msg = m.diagnostic_level(window, ready)
     assert lv == level and text in msg
+
+
+GOOD = {"images": 60, "published": 10}
+
+
+@pytest.mark.parametrize("rates,level,text", [
+    # 12 Hz camera sets over a 5 s window; the model runs some of them, the others are superseded
+    ({"sets": 60, "superseded": 0, "published": 60, "span_s": 5.0}, m.OK, "running"),
+    ({"sets": 60, "superseded": 11, "published": 49, "span_s": 5.0}, m.OK, "running"),  # 82 %: keeps up
+    ({"sets": 60, "superseded": 13, "published": 47, "span_s": 5.0}, m.WARN,
+     "inference lags the cameras: 78% of 60 sets run over 5.0 s (13 superseded by newer sets; output 9.4 Hz, "
+     "camera sets 12.0 Hz)"),
+    ({"sets": 60, "superseded": 40, "published": 20, "span_s": 5.0}, m.WARN, "33% of 60 sets run"),  # dominate
+    ({"sets": 60, "superseded": 50, "published": 10, "span_s": 5.0}, m.ERROR, "17% of 60 sets run"),  # CPU 2 Hz
+    ({"sets": 4, "superseded": 4, "published": 0, "span_s": 5.0}, m.OK, "running"),  # too few sets to judge
+    ({"sets": 60, "superseded": 50, "published": 0, "span_s": 5.0, "tf": True}, m.ERROR, "2 TF lookups failed"),
+])
+def test_diagnostic_level_compares_the_sets_run_with_the_camera_sets(rates, level, text):
+    window = dict(GOOD, tf_failures=2) if rates.pop("tf", False) else GOOD
+    lv, msg = m.diagnostic_level(window, True, rates=rates)
+    assert lv == level and text in msg, msg
+    if level == m.OK:
+        assert "lags" not in msg
+
+
+def test_lag_thresholds_are_parameters_and_zero_disables_them():
+    rates = {"sets": 60, "superseded": 50, "published": 10, "span_s": 5.0}
+    assert m.run_ratio(rates) == pytest.approx(10 / 60) and m.run_ratio({"sets": 4, "superseded": 0}) is None
+    assert m.diagnostic_level(GOOD, True, rates=rates, lag_warn_ratio=0.5, lag_error_ratio=0.1)[0] == m.WARN
+    assert m.diagnostic_level(GOOD, True, rates=rates, lag_warn_ratio=0.0, lag_error_ratio=0.0) == (m.OK, "running")
+
+
+def test_missing_cameras_and_the_cpu_fallback_warn_and_are_named():
+    rates = {"sets": 20, "superseded": 0, "published": 20, "span_s": 5.0}
+    lv, msg = m.diagnostic_level(dict(GOOD, partial=3), True, rates=rates, missing_cameras={"CAM_BACK_RIGHT": 20})
+    assert lv == m.WARN
+    assert msg == ("3 sets run without some cameras; cameras missing from sets in the last 5.0 s (sets): "
+                   "CAM_BACK_RIGHT (20)")
+    # a window without a set (diagnostics faster than the cameras) still names the camera missing in the window
+    lv, msg = m.diagnostic_level({"images": 0}, True, rates=rates, missing_cameras={"CAM_BACK": 2, "CAM_FRONT": 1})
+    assert lv == m.WARN and "CAM_BACK (2), CAM_FRONT (1)" in msg
+    lv, msg = m.diagnostic_level(GOOD, True, rates=rates, cpu_fallback=True)
+    assert (lv, msg) == (m.WARN, "device auto found no CUDA device: running on the CPU")
+    lv, msg = m.diagnostic_level(dict(GOOD, nonfinite=1), True, cpu_fallback=True)
+    assert lv == m.ERROR and msg.startswith("1 non-finite") and msg.endswith("running on the CPU")
+    assert m.diagnostic_level({}, True, cpu_fallback=True)[0] == m.WARN  # also while waiting for images
 
 
 def test_diagnostic_array_carries_values_as_strings():

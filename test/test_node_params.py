@@ -45,10 +45,28 @@ def test_shipped_yaml_sets_every_lead_parameter_to_the_code_defaults():
     ({"missing_camera_policy": "skip_camera", "min_cameras": 7}, "must be <= the number of cameras"),
     ({"camera_frames": ["a"]}, "one entry per camera"),
     ({"sync_slop": 0.06}, r"unknown parameter\(s\) \['sync_slop'\].*typo"),
+    ({"lag_warn_ratio": 1.5}, "'lag_warn_ratio' = 1.5 is invalid: must be <= 1.0"),
+    ({"lag_warn_ratio": 0.5, "lag_error_ratio": 0.6}, r"'lag_error_ratio' = 0.6 .* must be <= lag_warn_ratio"),
+    ({"rate_window_s": 0.0}, "'rate_window_s' = 0.0 is invalid: must be > 0.0"),
+    ({"device": "cuda:x"}, "must be auto, cpu, cuda or cuda:N"),
 ])
 def test_bad_values_name_the_parameter_and_the_fix(values, match, ckpt):
     with pytest.raises(params.ParamError, match=match):
         params.from_dict({"checkpoint": ckpt, **values})
+
+
+def test_defaults_keep_publishing_without_a_camera_and_accept_any_rig(ckpt):
+    """skip_camera by default (a dead camera must not blank every direction); min_cameras 1 so a rig of any size
+    validates with the defaults; cuda:N is a valid device."""
+    p = params.from_dict({"checkpoint": ckpt})
+    assert p.missing_camera_policy == "skip_camera" and p.min_cameras == 1
+    two = params.from_dict({"checkpoint": ckpt, "camera_names": ["A", "B"], "image_topics": ["/a", "/b"],
+                            "camera_info_topics": ["/a/i", "/b/i"]})
+    assert two.num_cameras == 2
+    assert params.from_dict({"checkpoint": ckpt, "device": "cuda:1"}).device == "cuda:1"
+    assert (p.lag_warn_ratio, p.lag_error_ratio, p.rate_window_s) == (0.8, 0.25, 5.0)
+    off = params.from_dict({"checkpoint": ckpt, "lag_warn_ratio": 0, "lag_error_ratio": 0})
+    assert off.lag_warn_ratio == 0.0 and isinstance(off.lag_warn_ratio, float)
 
 
 def test_checkpoint_must_exist(tmp_path):

@@ -25,7 +25,7 @@ import functools
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 
 import numpy as np
 
@@ -76,6 +76,7 @@ class DetectorNode(Node):
 
         self.detector = Detector(p.checkpoint, device=p.device, precision=p.precision,
                                  score_threshold=p.score_threshold, max_detections=p.max_detections)
+        self.cpu_fallback = self._warn_cpu_fallback()
         self.names = p.camera_names
         self.tf = TfBackend(self)
         self.calib = CalibrationCache(p.camera_names, p.target_frame, p.camera_frames)
@@ -88,6 +89,9 @@ class DetectorNode(Node):
         self.stats = Counter()  # cumulative event counts, written by the inference thread
         self._window_base = Counter()
         self._diag_t = time.monotonic()
+        # (time, cumulative counters, missing_by_camera) at each diagnostics period, back to rate_window_s ago
+        self._history: deque = deque([(self._diag_t, Counter(), {})])
+        self._output_times: deque = deque(maxlen=9)  # monotonic times of the latest outputs (marker lifetime)
         self.last_timing: dict[str, float] = {}
         self._throttle: dict[str, tuple[float, int]] = {}  # log key -> (last time logged, suppressed since)
 
@@ -99,7 +103,7 @@ class DetectorNode(Node):
         from diagnostic_msgs.msg import DiagnosticArray
 
         self._det_builder = messages.DetectionArrayBuilder()
-        self._marker_builder = messages.MarkerArrayBuilder(p.marker_lifetime_s, p.marker_text)
+        self._marker_builder = messages.MarkerArrayBuilder(p.marker_lifetime_s, p.marker_text)  # built on demand
         self.pub_det = self.create_publisher(Detection3DArray, "~/output/detections", out_qos)
         self.pub_markers = self.create_publisher(MarkerArray, "~/output/markers", out_qos) \
             if p.publish_markers else None
@@ -207,8 +211,7 @@ class DetectorNode(Node):
                                         f"(set at {cs.stamp_ns / 1e9:.3f} s): check the checkpoint", error=True)
         stamp = cs.stamp_ns
         self.pub_det.publish(self._det_builder.build(det, stamp, p.target_frame))
-        if self.pub_markers is not None:
-            self.pub_markers.publish(self._marker_builder.build(det, stamp, p.target_frame))
+        self._publish_markers(det, stamp)
         t3 = time.perf_counter()
         self.stats["published"] += 1
         self.stats["boxes"] += len(det.boxes)
@@ -227,6 +230,19 @@ class DetectorNode(Node):
             pub.publish(Float64(data=float(timing[k])))
         latency_ms = (self.get_clock().now().nanoseconds - stamp) / 1e6
         self.pub_latency.publish(Float64(data=float(latency_ms)))
+
+    def _publish_markers(self, det, stamp_ns: int) -> None:
+        """Markers for an output, built only while someone subscribes; their lifetime follows the measured output
+        period (:func:`messages.marker_lifetime`)."""
+        self._output_times.append(time.monotonic())
+        if self.pub_markers is None:
+            return
+        if self.pub_markers.get_subscription_count() == 0:
+            self.stats["markers_unsubscribed"] += 1
+            return
+        self._marker_builder.set_lifetime(messages.marker_lifetime(self.p.marker_lifetime_s, self._output_times))
+        self.pub_markers.publish(self._marker_builder.build(det, stamp_ns, self.p.target_frame))
+        self.stats["markers_published"] += 1
 
     def _to_rgb(self, cam: int, msg) -> np.ndarray:
         name = f"{self.names[cam]} image"
@@ -260,14 +276,42 @@ class DetectorNode(Node):
             self.get_logger().warning(text)
 
     # -- diagnostics -----------------------------------------------------------------------------------------------
+    def _warn_cpu_fallback(self) -> bool:
+        """``device: auto`` resolved to the CPU: say so once at start-up (and in every /diagnostics, WARN)."""
+        if self.p.device != "auto" or self.detector.device.type == "cuda":
+            return False
+        import torch
+
+        why = ("this torch is a CPU-only build" if torch.version.cuda is None else
+               f"torch (CUDA {torch.version.cuda}) sees no CUDA device: check the driver and CUDA_VISIBLE_DEVICES")
+        self.get_logger().warning(
+            f"device 'auto' found no CUDA device ({why}): running on the CPU, usually far below the camera rate. "
+            f"Fix: install a CUDA build of torch / make the GPU visible, or set device: cpu to run on the CPU on "
+            f"purpose (this warning and the diagnostic WARN then go away).")
+        return True
+
     def counters(self) -> dict[str, int]:
         """All cumulative counters (synchroniser, worker, processing)."""
         c = dict(self.collector.counters.as_dict())
-        c.update(superseded=self.worker.superseded, processed=self.worker.processed)
+        c.update(submitted=self.worker.submitted, superseded=self.worker.superseded, processed=self.worker.processed)
         for k in ("published", "boxes", "nonfinite", "failures", "tf_failures", "input_errors",
-                  "calibration_errors", "calibration_changes", "slow"):
+                  "calibration_errors", "calibration_changes", "slow", "markers_published", "markers_unsubscribed"):
             c[k] = self.stats[k]
         return c
+
+    def _rate_window(self, now: float, cum: dict[str, int]) -> tuple[dict[str, float], dict[str, int]]:
+        """Counts over the last ``rate_window_s`` (at least one diagnostics period): ``sets`` handed to inference,
+        ``superseded``, ``published``, ``span_s``; and camera name -> sets it was missing from in that time."""
+        missing = dict(self.collector.counters.missing_by_camera)
+        self._history.append((now, Counter(cum), missing))
+        while len(self._history) > 2 and now - self._history[1][0] >= self.p.rate_window_s:
+            self._history.popleft()
+        t0, base, base_missing = self._history[0]
+        rates = {"sets": cum["submitted"] - base["submitted"], "superseded": cum["superseded"] - base["superseded"],
+                 "published": cum["published"] - base["published"], "span_s": max(1e-3, now - t0)}
+        gone = {self.names[i]: n - base_missing.get(i, 0) for i, n in sorted(missing.items())
+                if n > base_missing.get(i, 0)}
+        return rates, gone
 
     def _on_diagnostics(self) -> None:
         now = time.monotonic()
@@ -278,8 +322,22 @@ class DetectorNode(Node):
         window["late"] = window["late_images"]
         period = max(1e-3, now - self._diag_t)
         self._window_base, self._diag_t = Counter(cum), now
-        level, summary = messages.diagnostic_level(window, self.detector is not None)
+        rates, missing = self._rate_window(now, cum)
+        p = self.p
+        level, summary = messages.diagnostic_level(
+            window, self.detector is not None, rates=rates, lag_warn_ratio=p.lag_warn_ratio,
+            lag_error_ratio=p.lag_error_ratio, cpu_fallback=self.cpu_fallback, missing_cameras=missing)
+        ratio = messages.run_ratio(rates)
+        span = rates["span_s"]
         values = {"rate_hz": window["published"] / period, "images_per_s": window["images"] / period,
+                  "output_rate_hz": rates["published"] / span, "input_set_rate_hz": rates["sets"] / span,
+                  "run_ratio": "n/a" if ratio is None else ratio, "superseded_in_window": rates["superseded"],
+                  "rate_window_s": span,
+                  "missing_cameras": ",".join(missing), "missing_camera_policy": p.missing_camera_policy,
+                  "device": str(self.detector.device), "device_requested": p.device,
+                  "cpu_fallback": self.cpu_fallback,
+                  "marker_subscribers": self.pub_markers.get_subscription_count() if self.pub_markers else 0,
+                  "marker_lifetime_s": messages.marker_lifetime(p.marker_lifetime_s, self._output_times.copy()),
                   "model": self.detector.describe(), "target_frame": self.p.target_frame,
                   "open_sets": self.collector.open_sets,
                   "tf_backend": self.tf.kind, "missing_by_camera": {self.names[i]: n for i, n in

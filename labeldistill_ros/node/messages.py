@@ -9,7 +9,8 @@ geometric centre with the heading as a yaw quaternion; ``bbox.size`` = (l, w, h)
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Mapping
+import statistics
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -102,7 +103,8 @@ class DetectionArrayBuilder:
 class MarkerArrayBuilder:
     """Builds the RViz ``MarkerArray``: a DELETEALL first, then per box a CUBE (namespace = class name, nuScenes
     colour, ``alpha``) and optionally a TEXT_VIEW_FACING label ``'<class> <score>'`` 0.4 m above it (namespace
-    ``<class>/label``), all with ``lifetime_s``. Marker objects are pooled like :class:`DetectionArrayBuilder`."""
+    ``<class>/label``), all with ``lifetime_s`` (0 = forever; :meth:`set_lifetime` changes it for the next
+    arrays). Marker objects are pooled like :class:`DetectionArrayBuilder`."""
 
     def __init__(self, lifetime_s: float, text: bool = True, alpha: float = 0.45):
         from builtin_interfaces.msg import Duration
@@ -110,8 +112,9 @@ class MarkerArrayBuilder:
         from visualization_msgs.msg import Marker, MarkerArray
 
         self._header = Header()
-        sec, nsec = divmod(int(round(lifetime_s * 1e9)), 1_000_000_000)
-        self._life = Duration(sec=sec, nanosec=nsec)
+        self._life = Duration()  # one object shared by every pooled marker: set_lifetime updates them all
+        self.lifetime_s = 0.0
+        self.set_lifetime(lifetime_s)
         self.text = text
         self._colors = {name: ColorRGBA(r=r / 255.0, g=g / 255.0, b=b / 255.0, a=alpha)
                         for name, (r, g, b) in CLASS_COLORS.items()}
@@ -121,6 +124,12 @@ class MarkerArrayBuilder:
         self._array = MarkerArray()
         self._cubes: list = []
         self._labels: list = []
+
+    def set_lifetime(self, lifetime_s: float) -> None:
+        """The lifetime of the markers of the next arrays, s (0 = forever)."""
+        sec, nsec = divmod(int(round(max(0.0, lifetime_s) * 1e9)), 1_000_000_000)
+        self._life.sec, self._life.nanosec = sec, nsec
+        self.lifetime_s = sec + nsec / 1e9
 
     def _marker(self, kind: int):
         from visualization_msgs.msg import Marker
@@ -155,6 +164,7 @@ class MarkerArrayBuilder:
                 per_class[name] = idx + 1
                 m = self._cubes[i]
                 m.ns, m.id = name, idx
+                m.lifetime = self._life
                 p, o = m.pose.position, m.pose.orientation
                 p.x, p.y, p.z = c[i]
                 o.x, o.y, o.z, o.w = q[i]
@@ -164,12 +174,33 @@ class MarkerArrayBuilder:
                 if self.text:
                     t = self._labels[i]
                     t.ns, t.id = name + "/label", idx
+                    t.lifetime = self._life
                     t.text = f"{name} {scores[i]:.2f}"
                     p = t.pose.position
                     p.x, p.y, p.z = c[i][0], c[i][1], c[i][2] + sz[i][2] / 2 + 0.4
                     markers.append(t)
         self._array.markers = markers
         return self._array
+
+
+MARKER_PERIODS = 3.0  # markers live this many measured output periods (at least marker_lifetime_s)
+
+
+def marker_lifetime(configured_s: float, output_times_s: Sequence[float], periods: float = MARKER_PERIODS) -> float:
+    """Lifetime of the next markers, s: ``max(configured_s, periods x the median interval of output_times_s)``
+    (monotonic times of the latest outputs); ``configured_s`` until two outputs were seen; 0 (forever) stays 0.
+
+    Every array starts with a DELETEALL, so boxes are replaced by the next output whatever their lifetime; the
+    lifetime only decides how long the last boxes stay once the output stops. A fixed short lifetime makes boxes
+    blink at low output rates (a CPU at 1 Hz shows them 0.25 s of every second); the median ignores a single
+    long gap (cameras paused, a bag restarted).
+    """
+    if configured_s <= 0.0:
+        return 0.0
+    t = list(output_times_s)
+    if len(t) < 2:
+        return float(configured_s)
+    return max(float(configured_s), periods * statistics.median(b - a for a, b in zip(t, t[1:])))
 
 
 def detection_array(det: "Detections", stamp_ns: int, frame_id: str):
@@ -192,15 +223,35 @@ def label_info(class_names: Iterable[str], threshold: float, stamp_ns: int = 0, 
                      threshold=float(threshold))
 
 
-def diagnostic_level(window: Mapping[str, float], model_ready: bool) -> tuple[bytes, str]:
+MIN_LAG_SETS = 5  # fewer camera sets in the rate window: too few to judge the lag
+
+
+def run_ratio(rates: Mapping[str, float]) -> float | None:
+    """Share of the camera sets handed to inference over the rate window that were run, i.e. not superseded by a
+    newer set while the model was busy (``rates``: ``sets``, ``superseded``); None below :data:`MIN_LAG_SETS`."""
+    sets = rates.get("sets", 0)
+    if sets < MIN_LAG_SETS:
+        return None
+    return max(0.0, sets - rates.get("superseded", 0)) / sets
+
+
+def diagnostic_level(window: Mapping[str, float], model_ready: bool, *, rates: Mapping[str, float] | None = None,
+                     lag_warn_ratio: float = 0.8, lag_error_ratio: float = 0.25, cpu_fallback: bool = False,
+                     missing_cameras: Mapping[str, int] | None = None) -> tuple[bytes, str]:
     """Level and one-line summary of one diagnostics period.
 
     ``window`` holds counts since the previous report: ``nonfinite`` (boxes with NaN/inf dropped),
     ``failures`` (processing errors), ``tf_failures``, ``input_errors``, ``dropped`` (incomplete sets),
     ``partial`` (sets run without some cameras), ``late``, ``slow`` (sets above max_processing_time_ms),
-    ``published`` and ``images``. ERROR: no model, non-finite outputs or processing errors. WARN: TF failures,
-    bad inputs, dropped/partial sets, slow processing, or images arriving but nothing published. The summary
-    lists every problem of the period (errors first).
+    ``published`` and ``images``. ``rates`` holds counts over the longer rate window (``rate_window_s``):
+    ``sets`` (camera sets handed to inference), ``superseded`` (of those, replaced by a newer set before the model
+    took them), ``published`` and ``span_s``. ``missing_cameras``: camera name -> sets it was missing from over
+    the rate window. ``cpu_fallback``: ``device: auto`` found no CUDA device.
+
+    ERROR: no model, non-finite outputs, processing errors, or fewer than ``lag_error_ratio`` of the sets run
+    (:func:`run_ratio`). WARN: TF failures, bad inputs, dropped/partial sets, slow processing, images arriving but
+    nothing published, fewer than ``lag_warn_ratio`` of the sets run, missing cameras, the CPU fallback. A ratio
+    of 0 disables its check. The summary lists every problem of the period (errors first).
     """
     g = lambda k: window.get(k, 0)  # noqa: E731
     if not model_ready:
@@ -218,6 +269,20 @@ def diagnostic_level(window: Mapping[str, float], model_ready: bool) -> tuple[by
             warns.append(f"{g(key):.0f} {text}")
     if g("images") and not g("published") and not warns and not errors:
         warns.append("images arrive but no set was published")
+    ratio = run_ratio(rates or {})
+    if ratio is not None and (ratio < lag_error_ratio or ratio < lag_warn_ratio):
+        r = rates
+        span = max(1e-3, r.get("span_s", 0.0))
+        text = (f"inference lags the cameras: {ratio:.0%} of {r['sets']:.0f} sets run over {span:.1f} s "
+                f"({r.get('superseded', 0):.0f} superseded by newer sets; output {r.get('published', 0) / span:.1f} "
+                f"Hz, camera sets {r['sets'] / span:.1f} Hz)")
+        (errors if ratio < lag_error_ratio else warns).append(text)
+    if missing_cameras:
+        span = (rates or {}).get("span_s", 0.0)
+        names = ", ".join(f"{name} ({n:.0f})" for name, n in missing_cameras.items())
+        warns.append(f"cameras missing from sets in the last {span:.1f} s (sets): {names}")
+    if cpu_fallback:
+        warns.append("device auto found no CUDA device: running on the CPU")
     if errors:
         return ERROR, "; ".join(errors + warns)
     if warns:

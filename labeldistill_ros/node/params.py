@@ -45,8 +45,8 @@ class NodeParams:
     target_frame: str = "base_link"
     sync_slop_s: float = 0.06
     sync_timeout_s: float = 0.5
-    missing_camera_policy: str = "drop_set"
-    min_cameras: int = 3
+    missing_camera_policy: str = "skip_camera"
+    min_cameras: int = 1
     tf_timeout_s: float = 0.05
     input_reliability: str = "best_effort"
     input_depth: int = 5
@@ -56,6 +56,9 @@ class NodeParams:
     marker_lifetime_s: float = 0.25
     marker_text: bool = True
     diagnostics_period_s: float = 1.0
+    rate_window_s: float = 5.0
+    lag_warn_ratio: float = 0.8
+    lag_error_ratio: float = 0.25
     max_processing_time_ms: float = 500.0
     cpu_threads: int = 0
 
@@ -131,7 +134,8 @@ SPECS: dict[str, Spec] = {
                                  "<image_topic>/compressed, JPEG/PNG).", _choice("raw", "compressed")),
     "checkpoint": Spec(str, "Student checkpoint (.pt) written by labeldistill-train; required (checked as a "
                             "file at start-up)."),
-    "device": Spec(str, "auto (cuda if available) | cpu | cuda | cuda:N.", _device),
+    "device": Spec(str, "auto (cuda if available; a CPU fallback is logged and a diagnostic WARN) | cpu | cuda | "
+                        "cuda:N.", _device),
     "precision": Spec(str, "fp32 | fp16 (fp16 on cuda only).", _choice("fp32", "fp16")),
     "score_threshold": Spec(float, "Minimum detection score, [0, 1].", _range(0.0, 1.0)),
     "max_detections": Spec(int, "At most this many boxes per set (highest scores).", _range(1)),
@@ -141,9 +145,11 @@ SPECS: dict[str, Spec] = {
     "sync_timeout_s": Spec(float, "A set still incomplete this long after its first image (receive time) is "
                                   "dropped, or run without the missing cameras (missing_camera_policy), s.",
                            _range(0.0, 60.0, lo_open=True)),
-    "missing_camera_policy": Spec(str, "drop_set | skip_camera (run on the cameras present, at least "
-                                       "min_cameras).", _choice("drop_set", "skip_camera")),
-    "min_cameras": Spec(int, "skip_camera: fewest cameras a set may have to be run.", _range(1)),
+    "missing_camera_policy": Spec(str, "skip_camera (default: run on the cameras present, at least min_cameras; "
+                                       "the missing ones are named in /diagnostics) | drop_set (no output "
+                                       "while any camera is missing).", _choice("drop_set", "skip_camera")),
+    "min_cameras": Spec(int, "skip_camera: fewest cameras a set may have to be run (fewer: the set is dropped).",
+                        _range(1)),
     "tf_timeout_s": Spec(float, "How long one camera-to-target TF lookup may wait, s.", _range(0.0, 10.0)),
     "input_reliability": Spec(str, "best_effort (matches drivers and bag playback) | reliable.",
                               _choice("best_effort", "reliable")),
@@ -152,10 +158,20 @@ SPECS: dict[str, Spec] = {
                                _choice("best_effort", "reliable")),
     "output_depth": Spec(int, "History depth of the outputs.", _range(1)),
     "publish_markers": Spec(bool, "Publish visualization_msgs/MarkerArray for RViz."),
-    "marker_lifetime_s": Spec(float, "Marker lifetime, s (about two frame periods; 0 = forever).",
-                              _range(0.0)),
+    "marker_lifetime_s": Spec(float, "Shortest marker lifetime, s: the markers live max(this, 3 x the measured "
+                                     "output period), so they do not blink at low output rates and vanish "
+                                     "soon after the output stops (0 = forever; each array's DELETEALL "
+                                     "replaces the previous boxes either way).", _range(0.0)),
     "marker_text": Spec(bool, "Add a text label (class and score) above each box."),
     "diagnostics_period_s": Spec(float, "Period of /diagnostics, s.", _range(0.05, 60.0)),
+    "rate_window_s": Spec(float, "Window over which /diagnostics compares the sets run with the camera sets "
+                                 "formed (lag) and names missing cameras, s (at least one diagnostics period).",
+                          _range(0.0, 3600.0, lo_open=True)),
+    "lag_warn_ratio": Spec(float, "Diagnostic WARN when fewer than this share of the camera sets is run over "
+                                  "rate_window_s (the rest superseded: inference slower than the cameras); "
+                                  "0 disables.", _range(0.0, 1.0)),
+    "lag_error_ratio": Spec(float, "Diagnostic ERROR below this share (<= lag_warn_ratio; 0 disables).",
+                            _range(0.0, 1.0)),
     "max_processing_time_ms": Spec(float, "Processing time above this raises a diagnostic WARN, ms.",
                                    _range(0.0, lo_open=True)),
     "cpu_threads": Spec(int, "torch intra-op CPU threads for this process (0 = torch's default, one per core). "
@@ -224,6 +240,8 @@ def from_dict(values: dict[str, Any], check_files: bool = True) -> NodeParams:
                    f"must be empty (use the images' frame ids) or have one entry per camera ({n})")
     if p.sync_timeout_s < p.sync_slop_s:
         raise _err("sync_timeout_s", p.sync_timeout_s, f"must be >= sync_slop_s ({p.sync_slop_s})")
+    if p.lag_error_ratio > p.lag_warn_ratio:
+        raise _err("lag_error_ratio", p.lag_error_ratio, f"must be <= lag_warn_ratio ({p.lag_warn_ratio})")
     if p.missing_camera_policy == "skip_camera" and p.min_cameras > n:
         raise _err("min_cameras", p.min_cameras, f"must be <= the number of cameras ({n})")
     if p.precision == "fp16" and p.device == "cpu":
