@@ -10,13 +10,11 @@ points in camera ``i``'s optical frame (x right, y down, z forward, m) to the ta
 forward, y left, z up). Boxes come back in the target frame as ``x, y, z, l, w, h, yaw, vx, vy`` (geometric
 centre, metres, radians, m/s; :mod:`labeldistill_ros.geometry`), sorted by descending score.
 
-Preprocessing runs on the model's device and reproduces :func:`labeldistill_ros.model.preprocess.preprocess_image`
-(BEVDepth test-time resize/crop: scale to cover the input size, keep the bottom; antialiased prefilter, bilinear
-sampling at ``ida^-1``), faster: the prefilter runs only over the image rows the crop keeps, on uint8 on CPU
-(torch's vectorised kernel, within one grey level of the float path), with the sampling grid cached per image
-size; six 1600x900 cameras cost a few milliseconds instead of tens. Inference runs under
-``torch.inference_mode()`` (and autocast for fp16 on CUDA). Non-finite model outputs never reach the boxes: their
-BEV cells are masked before decoding, any non-finite box left is dropped, and ``Detections.nonfinite`` counts them.
+Preprocessing is the model's own :class:`~labeldistill_ros.model.image_transform.ImageTransform` (the one the
+trainer evaluated with; its parameters come from the checkpoint), run on the model's device. Inference runs
+under ``torch.inference_mode()`` (and autocast for fp16 on CUDA). Non-finite model outputs never reach the
+boxes: their BEV cells are masked before decoding, any non-finite box left is dropped, and
+``Detections.nonfinite`` counts them.
 """
 from __future__ import annotations
 
@@ -29,11 +27,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .geometry import img_aug_matrix
 from .model.decode import decode_detections
-from .model.preprocess import IMAGENET_MEAN, IMAGENET_STD, default_resize_crop
+from .model.image_transform import ImageTransform
+from .temporal_buffer import BevHistory
 
 
 class DetectorError(RuntimeError):
@@ -50,6 +47,7 @@ class Detections:
     class_names: tuple[str, ...]
     nonfinite: int = 0  # BEV cells / boxes with NaN or inf outputs that were dropped
     timing_ms: dict[str, float] = field(default_factory=dict)  # preprocess, forward, postprocess
+    missing_prev: int = 0  # temporal models: previous-frame slots that had no history (current frame used)
 
     @property
     def names(self) -> list[str]:
@@ -118,18 +116,15 @@ class Detector:
         self.checkpoint = str(checkpoint)
         self.model = load_student(checkpoint, self.device)
         cfg = self.model.cfg
-        if cfg.temporal.num_prev_frames:
-            raise DetectorError(f"checkpoint '{checkpoint}' uses {cfg.temporal.num_prev_frames} previous frames; "
-                                f"the node runs single-frame models only (train with temporal.num_prev_frames: 0)")
         self.cfg = cfg
+        # Temporal students: the BEV features of past sets, kept once, warped into each new set's ego frame.
+        self.history = BevHistory.for_config(cfg) if cfg.temporal.num_prev_frames else None
         self.class_names: tuple[str, ...] = tuple(cfg.class_names)
         self.input_size: tuple[int, int] = tuple(cfg.input_size)
         self.score_threshold = float(cfg.decode.score_threshold if score_threshold is None else score_threshold)
         self.max_detections = int(cfg.decode.max_detections if max_detections is None else max_detections)
-        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
-        self._inv_std = (1.0 / torch.tensor(IMAGENET_STD, device=self.device)).view(1, 3, 1, 1)
+        self.transform = ImageTransform(self.input_size, cfg.image, self.device)
         self._inputs: torch.Tensor | None = None  # reused (N, 3, h, w) network input buffer
-        self._geometry: dict[tuple[int, int], _Plan] = {}
         self._bda = torch.eye(4, device=self.device).unsqueeze(0)
         # The threshold and cap apply in decoding: fewer NMS candidates, and greedy NMS keeps the same boxes above
         # the threshold either way (a lower-scored box never suppresses a higher one).
@@ -139,27 +134,23 @@ class Detector:
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
     def describe(self) -> str:
-        """One line: config name, device, precision, input size."""
+        """One line: config name, device, precision, input size, previous frames."""
         h, w = self.input_size
-        return f"{self.cfg.name} on {self.device} {self.precision}, input {w}x{h}, checkpoint {self.checkpoint}"
+        t = self.cfg.temporal
+        frames = (f", {t.num_prev_frames} previous frame(s) at {list(t.effective_offsets_s)} s"
+                  if t.num_prev_frames else "")
+        return (f"{self.cfg.name} on {self.device} {self.precision}, input {w}x{h}{frames}, "
+                f"checkpoint {self.checkpoint}")
+
+    def reset_history(self) -> None:
+        """Forget the previous frames of a temporal model (time jumped back, a new drive); no-op otherwise."""
+        if self.history is not None:
+            self.history.clear()
 
     # ---------------------------------------------------------------------------------------------- preprocess
-    def _plan(self, hw: tuple[int, int]) -> "_Plan":
-        """Everything about preprocessing an image of ``hw`` that does not depend on its pixels (cached)."""
-        plan = self._geometry.get(hw)
-        if plan is None:
-            plan = _Plan.make(hw, self.input_size, self.device)
-            self._geometry[hw] = plan
-        return plan
-
     def preprocess(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """RGB uint8 images -> (network input ``(1, N, 3, h, w)`` float32 on the device, ``ida (1, N, 4, 4)``).
-
-        Same result as :func:`labeldistill_ros.model.preprocess.preprocess_image` (antialiased prefilter to the
-        output scale, then bilinear sampling at ``ida^-1``), computed faster: the prefilter runs only over the
-        image rows the crop keeps (exactly equal, see :class:`_Plan`), on uint8 on CPU (within one grey level),
-        and the sampling grid is cached per image size.
-        """
+        """RGB uint8 images -> (network input ``(1, N, 3, h, w)`` float32 on the device, ``ida (1, N, 4, 4)``),
+        with the model's :class:`~labeldistill_ros.model.image_transform.ImageTransform`."""
         h, w = self.input_size
         n = len(images)
         if self._inputs is None or self._inputs.shape[0] < n:
@@ -169,28 +160,26 @@ class Detector:
         for i, img in enumerate(images):
             if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
                 raise ValueError(f"image {i}: expected (H, W, 3) uint8 RGB, got {img.dtype} {img.shape}")
-            plan = self._plan(img.shape[:2])
-            idas[i] = plan.ida
-            src = torch.from_numpy(img[plan.first_row:]).to(self.device, non_blocking=True)
-            src = src.permute(2, 0, 1).unsqueeze(0)  # channels-last view, no copy
-            if plan.prefilter_size is not None:
-                if self.device.type != "cpu":
-                    src = src.float()
-                src = F.interpolate(src, size=plan.prefilter_size, mode="bilinear", align_corners=False,
-                                    antialias=True)
-            norm = (src.float() - self._mean) * self._inv_std
-            sampled = F.grid_sample(norm, plan.grid, mode="bilinear", padding_mode="border", align_corners=False)
-            torch.mul(sampled[0], plan.inside, out=out[i])
+            idas[i] = self.transform.ida(img.shape[1], img.shape[0])
+            self.transform(img, idas[i], out=out[i])
         return out.unsqueeze(0), torch.as_tensor(idas, dtype=torch.float32, device=self.device).unsqueeze(0)
 
     # ---------------------------------------------------------------------------------------------------- detect
     def detect(self, images: Sequence[np.ndarray], Ks: Sequence[np.ndarray] | np.ndarray,
-               cam2target: Sequence[np.ndarray] | np.ndarray, cameras: Sequence[int] | None = None) -> Detections:
+               cam2target: Sequence[np.ndarray] | np.ndarray, cameras: Sequence[int] | None = None,
+               stamp_ns: int | None = None, ego_pose: np.ndarray | None = None) -> Detections:
         """Detect objects in one camera set.
 
         ``images``: (H, W, 3) uint8 RGB per camera (sizes may differ), ``Ks``: (N, 3, 3), ``cam2target``:
-        (N, 4, 4). ``cameras`` (indices into the trained camera order) is informational: a set may lack cameras
-        (the missing ones simply contribute nothing to the BEV).
+        (N, 4, 4) at the set's reference stamp. ``cameras`` (indices into the trained camera order) is
+        informational: a set may lack cameras (the missing ones simply contribute nothing to the BEV).
+
+        Temporal models also take ``stamp_ns`` (the set's reference stamp, int ns) and ``ego_pose`` ((4, 4)
+        target frame -> a fixed frame at that stamp, None when unknown): the set's own BEV feature is kept
+        (:class:`~labeldistill_ros.temporal_buffer.BevHistory`) and, for each trained offset, the kept set nearest
+        in time is warped into this set's frame; without one (start-up, a gap, no pose) the slot takes this set's
+        own BEV with the identity motion, as training does at the start of a scene (``Detections.missing_prev``
+        counts those slots). Sets must come in stamp order (a stamp going back drops the later history).
         """
         n = len(images)
         Ks = np.asarray(Ks, dtype=np.float64).reshape(n, 3, 3)
@@ -202,8 +191,12 @@ class Detector:
             T_t = torch.as_tensor(T, dtype=torch.float32, device=self.device).unsqueeze(0)
             self._sync()
             t1 = time.perf_counter()
+            missing_prev = 0
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.precision == "fp16"):
-                heads = self.model(x, K_t, T_t, ida, self._bda).head_outputs
+                if self.history is None:
+                    heads = self.model(x, K_t, T_t, ida, self._bda).head_outputs
+                else:
+                    heads, missing_prev = self._temporal_forward(x, K_t, T_t, ida, stamp_ns, ego_pose)
             self._sync()
             t2 = time.perf_counter()
             nonfinite = _mask_nonfinite(heads)
@@ -217,60 +210,26 @@ class Detector:
         boxes, scores, labels = boxes[finite], scores[finite], labels[finite]
         t3 = time.perf_counter()
         return Detections(boxes, scores, labels, self.class_names, nonfinite,
-                          {"preprocess": (t1 - t0) * 1e3, "forward": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3})
+                          {"preprocess": (t1 - t0) * 1e3, "forward": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3},
+                          missing_prev)
+
+    def _temporal_forward(self, x, K, T, ida, stamp_ns, ego_pose) -> tuple[list[dict[str, torch.Tensor]], int]:
+        """Lift this set once, take the previous frames from the history (this set's own BEV where none), run
+        the trunk and head, keep this set's BEV. Returns (head outputs, previous-frame slots without history)."""
+        if stamp_ns is None:
+            raise ValueError("a temporal model needs each set's stamp_ns (and ego_pose) in detect()")
+        t = self.cfg.temporal
+        bev, depth = self.model.lift(x, K, T, ida, self._bda)
+        prev_bev, prev2curr, missing = self.history.select(stamp_ns, ego_pose, t.effective_offsets_s,
+                                                           t.max_offset_error_s, current_bev=bev[0])
+        out = self.model.forward_lifted(bev, depth, K, ida, self._bda, prev2curr.to(self.device),
+                                        prev_bev.to(device=self.device, dtype=bev.dtype))
+        self.history.push(stamp_ns, ego_pose, bev[0])
+        return out.head_outputs, int(sum(missing))
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-
-
-@dataclass
-class _Plan:
-    """Pixel-independent preprocessing of one image size (the model's ``preprocess_image`` at inference).
-
-    ``ida`` = BEVDepth test-time resize + bottom crop. ``prefilter_size`` = antialiased resize target (the output
-    scale; None when upscaling). Only prefiltered rows from ``first_row_out`` down are computed, from input rows
-    ``first_row`` down: ``first_row_out * H / prefilter_h == first_row`` exactly, so the resize has the same
-    sampling grid as resizing the whole image, and ``first_row_out`` lies at least two rows above the first one
-    the sampling reads. ``grid (1, h, w, 2)`` samples the (row-cropped) prefiltered image at ``ida^-1`` of every
-    output pixel; ``inside (1, h, w)`` zeroes samples more than a pixel outside the image (mean colour).
-    """
-
-    ida: np.ndarray
-    prefilter_size: tuple[int, int] | None
-    first_row: int
-    grid: torch.Tensor
-    inside: torch.Tensor
-
-    @staticmethod
-    def make(hw: tuple[int, int], input_size: tuple[int, int], device: torch.device) -> "_Plan":
-        H, W = hw
-        h, w = input_size
-        resize, crop = default_resize_crop(hw, input_size)
-        ida = img_aug_matrix(resize, crop)
-        scale = float(np.sqrt(abs(np.linalg.det(ida[:2, :2]))))
-        warp, Hs, Ws, size = ida, H, W, None
-        if scale < 1.0:  # as preprocess_image: prefilter to the output scale, map pixel centres
-            Hs, Ws = max(1, int(round(H * scale))), max(1, int(round(W * scale)))
-            pre = np.diag([Ws / W, Hs / H, 1.0, 1.0])
-            pre[:2, 3] = [0.5 * Ws / W - 0.5, 0.5 * Hs / H - 0.5]
-            warp, size = ida @ np.linalg.inv(pre), (Hs, Ws)
-        inv = np.linalg.inv(warp)
-        v, u = np.mgrid[0:h, 0:w].astype(np.float64)
-        src_u = inv[0, 0] * u + inv[0, 1] * v + inv[0, 3]
-        src_v = inv[1, 0] * u + inv[1, 1] * v + inv[1, 3]
-        inside = (src_u > -1) & (src_u < Ws) & (src_v > -1) & (src_v < Hs)
-        r0 = 0
-        if size is not None:
-            need = int(np.floor(src_v.min())) - 2
-            r0 = next((r for r in range(max(0, need), 0, -1) if (r * H) % Hs == 0), 0)
-            size = (Hs - r0, Ws)
-        first_row = r0 * H // Hs if size is not None else 0
-        Hc = Hs - r0
-        grid = np.stack([(2 * src_u + 1) / Ws - 1, (2 * (src_v - r0) + 1) / Hc - 1], axis=-1)
-        return _Plan(ida, size, first_row,
-                     torch.as_tensor(grid, dtype=torch.float32, device=device).unsqueeze(0),
-                     torch.as_tensor(inside, dtype=torch.float32, device=device).unsqueeze(0))
 
 
 def _mask_nonfinite(heads: list[dict[str, torch.Tensor]]) -> int:

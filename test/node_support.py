@@ -36,6 +36,11 @@ class CameraSample:
     stamps_ns: list[int]
     names: list[str] = field(default_factory=lambda: list(CAMS))
 
+    @property
+    def reference_stamp_ns(self) -> int:
+        """The stamp the node puts on this set's outputs: its latest camera stamp (node/calibration.py)."""
+        return max(self.stamps_ns)
+
     def shifted(self, dt_ns: int) -> "CameraSample":
         """The same set with every stamp moved by ``dt_ns``."""
         return replace(self, stamps_ns=[s + dt_ns for s in self.stamps_ns])
@@ -370,7 +375,7 @@ class NodeHarness:
         return self.spin_until(check, timeout_s, what)
 
     def request(self, sample: CameraSample, timeout_s: float = 120.0, **kw):
-        """Publish a set and wait for the Detection3DArray stamped with its earliest camera stamp (resending it
+        """Publish a set and wait for the Detection3DArray stamped with its reference (latest) stamp (resending it
         200 ms later if it was lost: later than the slop, so the resent images are not 'late' for the closed
         set). ``self.last_sample`` is the set that was answered."""
         sent: list[CameraSample] = []
@@ -382,12 +387,12 @@ class NodeHarness:
 
         def answered():
             for s in sent:
-                arr = self.detection_at(min(s.stamps_ns))
+                arr = self.detection_at(s.reference_stamp_ns)
                 if arr is not None:
                     self.last_sample = s
                     return arr
             return None
-        return self.until(answered, timeout_s, f"detections at {min(sample.stamps_ns)}", resend)
+        return self.until(answered, timeout_s, f"detections at {sample.reference_stamp_ns}", resend)
 
     def diag_since(self, n0: int, pred, timeout_s: float = 20.0):
         return self.spin_until(lambda: next((d for d in self.diags[n0:] if pred(d)), None), timeout_s,

@@ -1,5 +1,5 @@
 """The student network: shapes for every config, backbone key names, lift-splat geometry and pooling, temporal
-warp, decoding and NMS, preprocessing."""
+warp, decoding and NMS (preprocessing: test_image_transform.py)."""
 import dataclasses
 import json
 from pathlib import Path
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from labeldistill_ros import geometry as g
-from labeldistill_ros.model import StudentDetector, load_model_config, preprocess, preprocess_image
+from labeldistill_ros.model import StudentDetector, load_model_config
 from labeldistill_ros.model.backbone import ResNet
 from labeldistill_ros.model.decode import circle_nms, decode_detections, encode_boxes
 from labeldistill_ros.model.depthnet import DeformConv2d
@@ -412,27 +412,3 @@ def test_circle_nms():
         assert got == ref
 
 
-# ------------------------------------------------------------------------------------------------ preprocess
-def test_preprocess_default_resize_crop_and_ida():
-    img = np.zeros((900, 1600, 3), np.uint8)
-    img[600:620, 1000:1020] = 255  # a white square centred at (u, v) = (1009.5, 609.5)
-    x, ida = preprocess([img, img], (128, 352))
-    assert x.shape == (2, 3, 128, 352) and ida.shape == (2, 4, 4)
-    np.testing.assert_allclose(ida[0].numpy(), g.img_aug_matrix(0.22, (0, 70, 352, 198)), atol=1e-6)
-    u, v = (ida[0].numpy() @ np.array([1009.5, 609.5, 1, 1]))[:2]
-    bright = x[0, 0] > 0
-    vv, uu = torch.nonzero(bright, as_tuple=True)
-    assert abs(uu.float().mean() - u) < 0.5 and abs(vv.float().mean() - v) < 0.5
-    black = (0 - 123.675) / 58.395
-    assert abs(x[0, 0, 0, 0].item() - black) < 1e-5
-
-
-def test_preprocess_flip_rotate_matches_ida():
-    img = np.zeros((900, 1600, 3), np.uint8)
-    img[600:630, 400:430] = 255  # centred at (414.5, 614.5)
-    out, ida = preprocess_image(img, (128, 352), resize=0.25, crop=(24, 97, 376, 225), flip=True, rotate_deg=5.0)
-    u, v = (ida @ np.array([414.5, 614.5, 1, 1]))[:2]
-    vv, uu = torch.nonzero(out[0] > 0, as_tuple=True)
-    assert abs(uu.float().mean() - u) < 0.5 and abs(vv.float().mean() - v) < 0.5
-    with pytest.raises(ValueError, match="uint8"):
-        preprocess_image(img.astype(np.float32), (128, 352))

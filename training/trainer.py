@@ -397,7 +397,7 @@ class Trainer:
             device = torch.device(f"cuda:{self.dist.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
         self.device = device
         mpath = resolve_path(cfg, cfg.model_config)
-        self.model_cfg = with_data_prev_offsets(cfg, load_model_config(mpath))
+        self.model_cfg = with_data_prev_offsets(cfg, with_data_image_transform(cfg, load_model_config(mpath)))
         self.grid = bev_grid(self.model_cfg)
         self.out_dir = Path(resolve_path(cfg, cfg.trainer.work_dir)) / stage
         if dataset_factory is None or collate_fn is None:
@@ -779,6 +779,23 @@ def with_data_prev_offsets(cfg: TrainConfig, model_cfg):
                          f"(e.g. {sorted(keys, reverse=True)}): the model's previous frames are ordered that way")
     new = _replace(model_cfg, temporal=_replace(model_cfg.temporal, prev_offsets_s=offsets))
     return model_config_from_dict(model_config_to_dict(new), source="model config with the data's prev offsets")
+
+
+def with_data_image_transform(cfg: TrainConfig, model_cfg):
+    """``model_cfg`` with its image transform set to the data config's evaluation transform (test resize, the
+    mean of ``bot_pct_lim``, normalisation): what every checkpoint then carries to the node, which runs exactly
+    that transform. A model YAML that states another non-default transform is an error."""
+    from labeldistill_ros.model.image_transform import ImageTransformConfig
+    from labeldistill_training.data.config import load_data_config
+
+    if not cfg.data:
+        return model_cfg
+    tc = load_data_config({"dataroot": ".", **cfg.data}).image_transform_config()
+    if model_cfg.image not in (ImageTransformConfig(), tc):
+        raise ValueError(f"the model config's image transform {model_cfg.image} differs from the data config's "
+                         f"evaluation transform {tc}: remove 'image' from the model YAML (the trainer sets it "
+                         f"from data.image_aug)")
+    return _replace(model_cfg, image=tc)
 
 
 def _replace(obj, **kw):

@@ -1,11 +1,12 @@
 """Replay a bag through the detector's pipeline and collect its detections (runtime side: no devkit, no
 training code).
 
-Three sources of detection frames (boxes ``(N, 9)`` in ``base_link``, stamp = the camera set's earliest image):
+Three sources of detection frames (boxes ``(N, 9)`` in ``base_link``, stamp = the camera set's reference stamp,
+its latest image, at which the boxes are expressed):
 
 * :func:`run_offline`: the node's own pipeline in one process, no middleware: its set collector
-  (:class:`labeldistill_ros.node.sync.SetCollector`), its image decoding and calibration cache, camera ->
-  base_link from the bag's ``/tf_static``, and :class:`labeldistill_ros.inference.Detector`;
+  (:class:`labeldistill_ros.node.sync.SetCollector`), its image decoding, calibration and TF buffer (fed with
+  the bag's ``/tf_static`` and ``/tf``), and :class:`labeldistill_ros.inference.Detector`;
 * :func:`run_live`: ``detector_node`` as a subprocess with ``use_sim_time:=true``; the bag is played through real
   rclpy with ``/clock`` (:class:`.player.BagPlayer`) and the node's output recorded (optionally to a bag,
   :class:`.recorder.BagRecorder`);
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .reader import BagError, BagReader, BoxFrame, chain_static, detections_from_msg
+from .reader import TF, TF_STATIC, BagError, BagReader, BoxFrame, detections_from_msg
 
 NODE_NAME = "labeldistill_detector"
 NODE_OUTPUT = f"/{NODE_NAME}/output/detections"
@@ -55,27 +56,24 @@ def frames_from_topic(bag: str | Path, topic: str) -> Run:
     return Run(mode=f"topic:{topic}", frames=frames, sets=len(frames))
 
 
-def _bag_lookup(timeline):
-    """``lookup(target, source, stamp_ns, timeout_s) -> 4x4 source -> target`` over the bag's /tf_static as
-    received by ``stamp_ns`` (the signature of the node's TF backend ``lookup_matrix``)."""
-    return lambda target, source, stamp_ns, timeout_s: chain_static(timeline.at(stamp_ns), source, target)
-
-
 def run_offline(bag: str | Path, checkpoint: str, device: str = "cpu", precision: str = "fp32",
                 score_threshold: float = 0.3, max_detections: int = 200, cameras: list[str] | None = None,
-                slop_s: float = 0.06, target_frame: str = "base_link", progress: bool = True) -> Run:
+                slop_s: float = 0.06, target_frame: str = "base_link", fixed_frame: str = "map",
+                progress: bool = True) -> Run:
     """The node's pipeline on every synchronised camera set of the bag, in one process, no middleware.
 
     Data flow: bag message -> SetCollector (stamps, nanoseconds) -> decoded RGB ``(H, W, 3)`` uint8 + K (3x3,
-    from CameraInfo) + camera -> ``target_frame`` (from /tf_static) -> ``Detector.detect`` -> boxes ``(N, 9)`` in
-    ``target_frame``. Latency = decode + calibration + detect, wall ms per set.
+    from CameraInfo) + camera -> ``target_frame`` at the set's reference stamp (the node's TF buffer, fed with the
+    bag's /tf_static and /tf in recording order; ego motion compensated through ``fixed_frame``,
+    :mod:`labeldistill_ros.node.calibration`) -> ``Detector.detect`` -> boxes ``(N, 9)`` in ``target_frame``,
+    frame stamp = reference stamp. Latency = decode + calibration + detect, wall ms per set.
     """
     from tqdm import tqdm
 
     from labeldistill_ros.inference import Detector
     from labeldistill_ros.node.calibration import CalibrationCache
     from labeldistill_ros.node.params import NUSCENES_CAMERAS
-    from labeldistill_ros.node.ros_compat import compressed_to_rgb, image_to_rgb
+    from labeldistill_ros.node.ros_compat import TfBackend, TransformBuffer, compressed_to_rgb, image_to_rgb
     from labeldistill_ros.node.sync import SetCollector
 
     cams = list(cameras or NUSCENES_CAMERAS)
@@ -88,8 +86,9 @@ def run_offline(bag: str | Path, checkpoint: str, device: str = "cpu", precision
         missing = [c for c in cams if c not in avail]
         if missing:
             raise BagError(f"{bag}: no image topic for camera(s) {missing} (have {sorted(avail)})")
-        lookup = _bag_lookup(r.static_timeline())
+        tf = TfBackend.from_buffer(TransformBuffer())
         calib = CalibrationCache(cams, target_frame)
+        uncompensated, resets = 0, 0
         topic_cam = {avail[c][0]: (i, avail[c][1]) for i, c in enumerate(cams)}
         info_cam = {f"/{c}/camera_info": i for i, c in enumerate(cams)}
         # Start from each camera's first CameraInfo (a bag may record it just after the image), then follow
@@ -103,15 +102,23 @@ def run_offline(bag: str | Path, checkpoint: str, device: str = "cpu", precision
         collector = SetCollector(len(cams), slop_s, timeout_s=max(0.5, slop_s), policy="drop_set")
         n_imgs = sum(r.topics()[t][1] for t in topic_cam)
         bar = tqdm(total=n_imgs, desc="offline", unit="img", disable=not progress)
-        for topic, t_ns, msg in r.messages(list(topic_cam) + list(info_cam)):
+        for topic, t_ns, msg in r.messages(list(topic_cam) + list(info_cam) + [TF, TF_STATIC]):
             if topic in info_cam:
                 infos[info_cam[topic]] = msg
+                continue
+            if topic in (TF, TF_STATIC):
+                for t in msg.transforms:
+                    (tf.buffer.set_transform_static if topic == TF_STATIC else tf.buffer.set_transform)(t)
                 continue
             bar.update(1)
             i, comp = topic_cam[topic]
             stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
             # Bag time as the receive clock: the collector's timeout then acts in dataset time.
-            for cs in collector.add(i, stamp, (msg, comp), t_ns / 1e9):
+            ready = collector.add(i, stamp, (msg, comp), t_ns / 1e9)
+            if collector.reset_pending:  # as the node: time jumped back, dynamic TF forgotten
+                collector.reset_pending = False
+                tf.clear()
+            for cs in ready:
                 n_sets += 1
                 t0 = time.perf_counter()
                 present = cs.present
@@ -123,15 +130,22 @@ def run_offline(bag: str | Path, checkpoint: str, device: str = "cpu", precision
                           else image_to_rgb(cs.items[j][0], cams[j]) for j in present]
                 c = calib.resolve(present, [cs.items[j][0].header.frame_id for j in present],
                                   [(im.shape[1], im.shape[0]) for im in images],
-                                  [cs.stamps_ns[j] for j in present], lookup, 0.0)
-                d = det.detect(images, c.Ks, c.cam2target, cameras=present)
+                                  [cs.stamps_ns[j] for j in present], tf.lookup_matrix, 0.0, fixed_frame,
+                                  tf.exceptions)
+                uncompensated += not c.compensated
+                if collector.counters.resets != resets:  # as the node: no history across a jump back
+                    resets = collector.counters.resets
+                    det.reset_history()
+                d = det.detect(images, c.Ks, c.cam2target, cameras=present, stamp_ns=c.reference_stamp_ns,
+                               ego_pose=c.ego_pose)
                 lat.append((time.perf_counter() - t0) * 1e3)
-                frames.append(BoxFrame(cs.stamp_ns, target_frame, np.asarray(d.boxes, np.float64).reshape(-1, 9),
+                frames.append(BoxFrame(c.reference_stamp_ns, target_frame, np.asarray(d.boxes, np.float64).reshape(-1, 9),
                                        list(d.names),
                                        np.asarray(d.scores, dtype=np.float64), receive_ns=t_ns))
         bar.close()
     return Run(mode="offline", frames=frames, latency_ms=lat, sets=n_sets,
-               info={"sync": collector.counters.as_dict(), "model": det.describe()})
+               info={"sync": collector.counters.as_dict(), "model": det.describe(),
+                     "uncompensated_sets": uncompensated})
 
 
 class _Recorder:
@@ -293,8 +307,8 @@ def run_live(bag: str | Path, checkpoint: str, device: str = "cpu", score_thresh
         f = detections_from_msg(msg)
         f.receive_ns = int(wall * 1e9)
         frames.append(f)
-        lo = np.searchsorted(stamps, f.stamp_ns)
-        hi = np.searchsorted(stamps, f.stamp_ns + int(slop_s * 1e9), side="right")
+        lo = np.searchsorted(stamps, f.stamp_ns - int(slop_s * 1e9))  # the set's images: up to its latest stamp
+        hi = np.searchsorted(stamps, f.stamp_ns, side="right")
         if hi > lo:
             lat.append((wall - max(published[s] for s in stamps[lo:hi])) * 1e3)
     return Run(mode="live" + ("-lockstep" if lockstep else f"-rate{rate:g}"), frames=frames, latency_ms=lat,

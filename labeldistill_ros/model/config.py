@@ -16,6 +16,7 @@ from typing import Any
 
 from ..geometry import CLASS_NAMES, TASK_GROUPS
 from ..typed_config import build, read_yaml, to_plain
+from .image_transform import ImageTransformConfig
 
 RESNET_DEPTHS = (18, 34, 50)
 
@@ -138,10 +139,13 @@ class DecodeConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The whole student. ``input_size`` = (height, width) of the network input images in pixels."""
+    """The whole student. ``input_size`` = (height, width) of the network input images in pixels; ``image`` =
+    how a camera image becomes that input (:mod:`.image_transform`; the trainer writes the data config's
+    evaluation transform here, so the checkpoint carries it to the node)."""
 
     name: str
     input_size: tuple[int, int]
+    image: ImageTransformConfig = field(default_factory=ImageTransformConfig)
     class_names: tuple[str, ...] = CLASS_NAMES
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     image_neck: ImageNeckConfig = field(default_factory=ImageNeckConfig)
@@ -202,6 +206,8 @@ def _validate(cfg: ModelConfig, src: str) -> None:
     _check(h > 0 and w > 0 and h % 32 == 0 and w % 32 == 0, src,
            f"input_size = {list(cfg.input_size)} must be positive multiples of 32 (the backbone's stride), "
            f"e.g. [256, 704] or [128, 352]")
+    for problem in cfg.image.problems():
+        _check(False, src, problem)
     _check(len(cfg.class_names) > 0 and len(set(cfg.class_names)) == len(cfg.class_names), src,
            f"class_names must be non-empty and unique, got {list(cfg.class_names)}")
     _check(cfg.backbone.depth in RESNET_DEPTHS, src,

@@ -28,9 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..geometry import img_aug_matrix, make_transform, quat_to_matrix, yaw_to_quat
+from ..geometry import make_transform, quat_to_matrix, yaw_to_quat
 from .config import ModelConfig
 from .head import REG_BRANCHES
+from .image_transform import ImageTransform
 from .student import StudentDetector
 
 HEAD_OUTPUT_ORDER: tuple[str, ...] = ("heatmap",) + tuple(name for name, _ in REG_BRANCHES)
@@ -62,13 +63,10 @@ def unflatten_head_outputs(flat: Sequence[torch.Tensor], num_tasks: int) -> list
 
 def example_inputs(cfg: ModelConfig, num_cameras: int = 6, batch: int = 1) -> tuple[torch.Tensor, ...]:
     """Plausible inputs of the right shapes for exporting a model of ``cfg`` (a ring of ``num_cameras`` cameras,
-    nuScenes-like intrinsics for a 1600x900 image, default resize/crop, identity BEV augmentation, zero
-    images)."""
+    nuScenes-like intrinsics for a 1600x900 image, the model's own image transform, identity BEV augmentation,
+    zero images)."""
     H, W = cfg.input_size
-    resize = max(H / 900, W / 1600)
-    new_h, new_w = int(round(900 * resize)), int(round(1600 * resize))
-    x0 = (new_w - W) // 2
-    ida = torch.as_tensor(img_aug_matrix(resize, (x0, new_h - H, x0 + W, new_h)), dtype=torch.float32)
+    ida = torch.as_tensor(ImageTransform(cfg.input_size, cfg.image).ida(1600, 900), dtype=torch.float32)
     optical = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
     cams = []
     for i in range(num_cameras):

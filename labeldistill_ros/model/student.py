@@ -99,7 +99,7 @@ class StudentDetector(nn.Module):
         prev_cam2ego: torch.Tensor | None = None,
     ) -> StudentOutput:
         """Args:
-            images: ``(B, N, 3, H, W)`` normalised network inputs (:func:`~.preprocess.preprocess`).
+            images: ``(B, N, 3, H, W)`` normalised network inputs (:class:`~.image_transform.ImageTransform`).
             K, cam2ego, ida, bda: calibration (module docstring).
             prev2curr: ``(B, T, 4, 4)`` previous ego frame -> current ego frame for the
                 ``T = cfg.temporal.num_prev_frames`` previous frames, most recent first
@@ -114,6 +114,13 @@ class StudentDetector(nn.Module):
         concatenated after the current one on channels.
         """
         bev, depth = self.lift(images, K, cam2ego, ida, bda)
+        return self.forward_lifted(bev, depth, K, ida, bda, prev2curr, prev_bev, prev_images, prev_cam2ego)
+
+    def forward_lifted(self, bev: torch.Tensor, depth: torch.Tensor, K, ida, bda, prev2curr=None, prev_bev=None,
+                       prev_images=None, prev_cam2ego=None) -> StudentOutput:
+        """The forward after :meth:`lift` of the current frame (``bev (B, C_ctx, ny, nx)``, ``depth``): previous
+        frames, trunk and head. The node lifts a set first, so that a previous-frame slot without history can
+        take the current frame's own BEV (training's start of a scene) without lifting anything twice."""
         T = self.cfg.temporal.num_prev_frames
         if T:
             bev = torch.cat([bev] + self._previous_frames(T, K, ida, bda, prev2curr, prev_bev, prev_images,

@@ -1,10 +1,24 @@
-"""Camera calibration for one set: intrinsics ``K`` from ``sensor_msgs/CameraInfo`` (validated) and the
-camera-to-target extrinsics from TF, with a change detector so the model's pooling indices are rebuilt only when
-the calibration really changes (a new CameraInfo, a new /tf_static, a different subset of cameras).
+"""Camera calibration for one set: intrinsics ``K`` from ``sensor_msgs/CameraInfo`` (validated), the
+camera-to-target extrinsics from TF, compensated for the ego motion between the cameras' capture times, and a
+change detector for the static calibration (a new CameraInfo, a new /tf_static, a different subset of cameras).
 
 Frames: ``cam2target`` maps points in the camera's optical frame (x right, y down, z forward, metres) to the
-node's ``target_frame`` (x forward, y left, z up). ``K`` is the 3x3 pinhole matrix of the image as published,
-in pixels; the images must be rectified (nuScenes images are; a non-zero distortion gives a warning).
+node's ``target_frame`` (x forward, y left, z up) **at the set's reference stamp**. ``K`` is the 3x3 pinhole
+matrix of the image as published, in pixels; the images must be rectified (nuScenes images are; a non-zero
+distortion gives a warning).
+
+Ego motion. The cameras of a set fire at different times (nuScenes: up to ~45 ms apart; 0.4 m at 9 m/s). As in
+training (BEVDepth: every camera through its own ego pose into the ego frame at the key LiDAR time), each
+camera's extrinsics are moved into the target frame at one reference stamp: the **latest camera stamp of the set**
+(in nuScenes the LiDAR key stamp lies a few milliseconds after the last camera of a set). With
+``pose(t) = T(fixed <- target, t)`` from TF (``fixed_frame``: ``map`` as labeldistill-nusc2bag writes, ``odom`` on
+a vehicle without localisation)::
+
+    cam2target_i = inv(pose(t_ref)) @ pose(t_i) @ T(target <- camera_i)      (camera rigidly mounted)
+
+Without the fixed frame on TF (or no pose at the reference stamp) the static extrinsics are used as if all
+cameras fired at once, and :attr:`SetCalibration.compensated` is False (the node reports it in /diagnostics).
+``ego_pose = pose(t_ref)`` also places the set in the fixed frame for temporal models.
 """
 from __future__ import annotations
 
@@ -47,13 +61,23 @@ def intrinsics(msg, name: str = "camera_info") -> tuple[np.ndarray, tuple[int, i
 
 @dataclass(frozen=True)
 class SetCalibration:
-    """Calibration of the cameras of one set (only the cameras present, in camera order)."""
+    """Calibration of the cameras of one set (only the cameras present, in camera order).
+
+    ``cam2target`` is ego-motion compensated to ``reference_stamp_ns`` when ``compensated``; ``ego_pose`` is
+    ``T(fixed_frame <- target_frame)`` at that stamp (None when unknown); ``key`` digests the static part
+    (cameras, Ks, static extrinsics): equal keys = the same rig calibration; ``changed``: it differs from the
+    previous set's. ``uncompensated_reason``: why the static extrinsics were used (None when compensated).
+    """
 
     cameras: tuple[int, ...]
     Ks: np.ndarray  # (n, 3, 3) pixels
     cam2target: np.ndarray  # (n, 4, 4)
-    key: str  # digest of (cameras, Ks, cam2target): equal keys = same pooling indices
-    changed: bool  # key differs from the previous set's
+    key: str
+    changed: bool
+    reference_stamp_ns: int = 0
+    ego_pose: np.ndarray | None = None  # (4, 4) target -> fixed frame at the reference stamp
+    compensated: bool = False
+    uncompensated_reason: str | None = None
 
 
 class CalibrationCache:
@@ -102,10 +126,14 @@ class CalibrationCache:
 
     def resolve(self, cameras: Sequence[int], frame_ids: Sequence[str], image_sizes: Sequence[tuple[int, int]],
                 stamps_ns: Sequence[int], lookup: Callable[[str, str, int, float], np.ndarray],
-                timeout_s: float) -> SetCalibration:
+                timeout_s: float, fixed_frame: str = "", exceptions: tuple[type[BaseException], ...] = ()
+                ) -> SetCalibration:
         """Calibration of ``cameras`` (indices) whose images have ``frame_ids``, ``image_sizes`` (w, h) and
-        ``stamps_ns``. Raises :class:`CalibrationError` (no/invalid CameraInfo, size mismatch, no frame id) or
-        the TF backend's exception."""
+        ``stamps_ns``, compensated to the latest of those stamps through ``fixed_frame`` (module docstring; ""
+        disables compensation). ``lookup(target, source, stamp_ns, timeout_s) -> 4x4`` is the TF backend's;
+        ``exceptions`` are its errors: a failing fixed-frame lookup falls back to static extrinsics, a failing
+        camera lookup propagates. Raises :class:`CalibrationError` (no/invalid CameraInfo, size mismatch, no
+        frame id) or the TF backend's exception."""
         Ks, Ts = [], []
         for cam, frame_id, (w, h), stamp in zip(cameras, frame_ids, image_sizes, stamps_ns):
             K = self._K[cam]
@@ -118,14 +146,26 @@ class CalibrationCache:
                     f"K would be wrong; publish the camera_info of this image stream")
             Ks.append(K)
             Ts.append(lookup(self.target, self.frame_of(cam, frame_id), stamp, timeout_s))
-        Ks_a, Ts_a = np.stack(Ks), np.stack(Ts)
+        Ks_a, static = np.stack(Ks), np.stack(Ts)
+        ref = int(max(stamps_ns))
+        cam2target, pose, reason = static, None, "no fixed_frame configured"
+        if fixed_frame:
+            try:
+                pose = lookup(fixed_frame, self.target, ref, timeout_s)
+                ref_inv = np.linalg.inv(pose)
+                # Poses at the other cameras' (earlier) stamps are already buffered once the reference one is.
+                motion = np.stack([ref_inv @ (pose if s == ref else lookup(fixed_frame, self.target, s, 0.0))
+                                   for s in stamps_ns])
+                cam2target, reason = motion @ static, None
+            except exceptions as exc:
+                pose, reason = None, f"no '{fixed_frame}' -> '{self.target}' transform: {exc}"
         h = hashlib.blake2b(digest_size=16)
         h.update(np.asarray(cameras, dtype=np.int64).tobytes())
         h.update(np.round(Ks_a, 6).tobytes())
-        h.update(np.round(Ts_a, 6).tobytes())
+        h.update(np.round(static, 6).tobytes())
         key = h.hexdigest()
         changed = key != self._last_key
         if changed:
             self.changes += 1
             self._last_key = key
-        return SetCalibration(tuple(cameras), Ks_a, Ts_a, key, changed)
+        return SetCalibration(tuple(cameras), Ks_a, cam2target, key, changed, ref, pose, reason is None, reason)

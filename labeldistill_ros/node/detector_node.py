@@ -13,11 +13,13 @@ Data flow (callbacks only hand off; nothing heavy runs in the executor thread or
 Topics (``~`` = the node's name, ``labeldistill_detector`` by default):
     in   ``image_topics[i]`` (sensor_msgs/Image) or ``image_topics[i]/compressed`` (CompressedImage),
          ``camera_info_topics[i]`` (CameraInfo, streamed or latched), ``/tf``, ``/tf_static``
-    out  ``~/output/detections`` (vision_msgs/Detection3DArray, frame target_frame, stamp = set stamp),
+    out  ``~/output/detections`` (vision_msgs/Detection3DArray, frame target_frame, stamp = the set's reference
+         stamp: its latest camera stamp; each camera is moved there through ``fixed_frame``, see
+         :mod:`.calibration`),
          ``~/output/markers`` (visualization_msgs/MarkerArray), ``~/output/label_info`` (vision_msgs/LabelInfo,
          latched), ``/diagnostics`` (diagnostic_msgs/DiagnosticArray),
          ``~/debug/processing_time/{preprocess,inference,postprocess,total}_ms`` and
-         ``~/debug/pipeline_latency_ms`` (std_msgs/Float64; latency = node clock now - set stamp)
+         ``~/debug/pipeline_latency_ms`` (std_msgs/Float64; latency = node clock now - reference stamp)
 """
 from __future__ import annotations
 
@@ -86,6 +88,7 @@ class DetectorNode(Node):
         self.collector = SetCollector(p.num_cameras, p.sync_slop_s, p.sync_timeout_s, p.missing_camera_policy,
                                       p.min_cameras)
         self.worker = LatestWorker(self._process, on_error=self._on_worker_error)
+        self._history_resets = 0  # collector resets already applied to the detector's temporal history
         self.stats = Counter()  # cumulative event counts, written by the inference thread
         self._window_base = Counter()
         self._diag_t = time.monotonic()
@@ -186,7 +189,8 @@ class DetectorNode(Node):
             images = [self._to_rgb(i, cs.items[i]) for i in cams]
             calib = self.calib.resolve(
                 cams, [cs.items[i].header.frame_id for i in cams], [(im.shape[1], im.shape[0]) for im in images],
-                [cs.stamps_ns[i] for i in cams], self.tf.lookup_matrix, p.tf_timeout_s)
+                [cs.stamps_ns[i] for i in cams], self.tf.lookup_matrix, p.tf_timeout_s, p.fixed_frame,
+                self.tf.exceptions)
         except ImageError as exc:
             self.stats["input_errors"] += 1
             self._warn("image", str(exc), f"bad image, set skipped: {exc}")
@@ -202,14 +206,28 @@ class DetectorNode(Node):
             return
         if calib.changed:
             self.stats["calibration_changes"] += 1
+        if not calib.compensated:
+            self.stats["uncompensated_sets"] += 1
+            self._warn("compensation", "", f"ego motion between the cameras not compensated (static extrinsics): "
+                                           f"{calib.uncompensated_reason}")
+        resets = self.collector.counters.resets  # an int: read without the lock
+        if resets != self._history_resets:  # time jumped back: the kept previous frames are not this set's past
+            self._history_resets = resets
+            self.detector.reset_history()
         t1 = time.perf_counter()
-        det = self.detector.detect(images, calib.Ks, calib.cam2target, cameras=cams)
+        det = self.detector.detect(images, calib.Ks, calib.cam2target, cameras=cams,
+                                   stamp_ns=calib.reference_stamp_ns, ego_pose=calib.ego_pose)
         t2 = time.perf_counter()
+        if det.missing_prev:
+            self.stats["temporal_fallback_sets"] += 1
+            self._warn("temporal", "", f"{det.missing_prev} previous frame(s) without history (start-up, a gap, "
+                                       f"a reset or no ego pose in '{p.fixed_frame}'): the current frame stands in "
+                                       f"for them, as at the start of a training scene")
         if det.nonfinite:
             self.stats["nonfinite"] += det.nonfinite
             self._warn("nonfinite", "", f"{det.nonfinite} non-finite model outputs (BEV cells/boxes) dropped "
                                         f"(set at {cs.stamp_ns / 1e9:.3f} s): check the checkpoint", error=True)
-        stamp = cs.stamp_ns
+        stamp = calib.reference_stamp_ns  # the latest camera's: the frame the boxes are expressed at
         self.pub_det.publish(self._det_builder.build(det, stamp, p.target_frame))
         self._publish_markers(det, stamp)
         t3 = time.perf_counter()
@@ -295,7 +313,8 @@ class DetectorNode(Node):
         c = dict(self.collector.counters.as_dict())
         c.update(submitted=self.worker.submitted, superseded=self.worker.superseded, processed=self.worker.processed)
         for k in ("published", "boxes", "nonfinite", "failures", "tf_failures", "input_errors",
-                  "calibration_errors", "calibration_changes", "slow", "markers_published", "markers_unsubscribed"):
+                  "calibration_errors", "calibration_changes", "slow", "markers_published", "markers_unsubscribed",
+                  "uncompensated_sets", "temporal_fallback_sets"):
             c[k] = self.stats[k]
         return c
 

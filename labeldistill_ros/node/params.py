@@ -43,6 +43,7 @@ class NodeParams:
     score_threshold: float = 0.3
     max_detections: int = 200
     target_frame: str = "base_link"
+    fixed_frame: str = "map"
     sync_slop_s: float = 0.06
     sync_timeout_s: float = 0.5
     missing_camera_policy: str = "skip_camera"
@@ -140,6 +141,9 @@ SPECS: dict[str, Spec] = {
     "score_threshold": Spec(float, "Minimum detection score, [0, 1].", _range(0.0, 1.0)),
     "max_detections": Spec(int, "At most this many boxes per set (highest scores).", _range(1)),
     "target_frame": Spec(str, "Frame of the published boxes (x forward, y left, z up).", _nonempty_str),
+    "fixed_frame": Spec(str, "World-fixed TF frame (map, or odom without localisation) through which each camera "
+                             "is moved from its own stamp to the set's reference stamp (the latest camera's); "
+                             "'' or a frame not on TF: static extrinsics, reported in /diagnostics.", lambda v: None),
     "sync_slop_s": Spec(float, "Largest stamp spread within one camera set, s (nuScenes: ~42 ms; must be "
                                "below the camera period).", _range(0.0, 10.0, lo_open=True)),
     "sync_timeout_s": Spec(float, "A set still incomplete this long after its first image (receive time) is "

@@ -334,6 +334,13 @@ class TfBackend:
             self.listener = TransformListener(self.buffer, node)
             self.exceptions = (TransformException,)
 
+    @classmethod
+    def from_buffer(cls, buffer: TransformBuffer) -> "TfBackend":
+        """A backend over an in-package buffer that the caller fills (offline bag replay: no node, no listener)."""
+        self = cls.__new__(cls)
+        self.kind, self.buffer, self.listener, self.exceptions = "fallback", buffer, None, (TransformException,)
+        return self
+
     def lookup_matrix(self, target: str, source: str, stamp_ns: int, timeout_s: float) -> np.ndarray:
         """``T_source2target`` 4x4 at ``stamp_ns`` (waiting up to ``timeout_s``); raises one of ``exceptions``."""
         if self.kind == "fallback":

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labeldistill_ros.geometry import CLASS_NAMES
+from labeldistill_ros.model.image_transform import ImageTransformConfig
 from labeldistill_ros.typed_config import build, read_yaml
 
 CAMERA_CHANNELS: tuple[str, ...] = (
@@ -41,8 +42,10 @@ class ImageAugConfig:
         rand_flip: random left-right flip in training (p = 0.5).
         test_resize: evaluation resize relative to the fit scale.
         enabled: apply random augmentation in training (False: training uses the evaluation transform).
-        mean, std: per-channel normalisation in 0..255 units (RGB order when ``to_rgb``).
-        to_rgb: images are converted from the decoder's BGR to RGB before normalising.
+        mean, std: per-channel normalisation in 0..255 units, RGB order (images are decoded to RGB).
+
+    The deterministic part (``final_dim``, ``test_resize``, the mean of ``bot_pct_lim``, ``mean``, ``std``) is
+    the model's image transform: :meth:`DataConfig.image_transform_config`, stored in the student's checkpoint.
     """
 
     final_dim: tuple[int, int] = (256, 704)
@@ -54,7 +57,6 @@ class ImageAugConfig:
     enabled: bool = True
     mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     std: tuple[float, float, float] = (58.395, 57.12, 57.375)
-    to_rgb: bool = True
 
     def __post_init__(self) -> None:
         _check(self.final_dim[0] > 0 and self.final_dim[1] > 0, "image_aug.final_dim must be positive")
@@ -152,6 +154,12 @@ class DataConfig:
         _check(all(c in CLASS_NAMES for c in self.classes), f"classes must be among {CLASS_NAMES}")
         _check(all(k < 0 for k in self.prev_key_offsets), "prev_key_offsets must be negative")
         _check(self.lidar_sweeps >= 0 and self.min_lidar_pts >= 0, "lidar_sweeps/min_lidar_pts must be >= 0")
+
+    def image_transform_config(self) -> ImageTransformConfig:
+        """The evaluation transform of these images, as the model (and so the node) stores it."""
+        a = self.image_aug
+        return ImageTransformConfig(resize_scale=float(a.test_resize), bottom_crop=float(sum(a.bot_pct_lim) / 2),
+                                    mean=tuple(a.mean), std=tuple(a.std))
 
     def replace(self, **kw) -> "DataConfig":
         """A copy with some fields changed (validated again)."""

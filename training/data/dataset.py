@@ -11,7 +11,8 @@ Frames and matrices (all 4x4 map column vectors, ``p_b = T_a2b @ p_a``):
   The network's frustum geometry is ``bda @ cam2ego @ K^-1 @ ida^-1``; ``gt_boxes`` and ``points`` are returned
   after ``bda`` so that all three agree.
 * ``ida`` maps original-image pixels ``[u, v, 1, 1]`` (pixel centres at integers) to network-input pixels; the
-  returned image *is* the original warped by exactly this matrix (``cv2.warpAffine``), so projection through
+  returned image *is* the original warped by exactly this matrix (the model's
+  :class:`~labeldistill_ros.model.image_transform.ImageTransform`, the node's too), so projection through
   ``ida @ K`` lands on the image content.
 
 Sample dict (F = 1 + len(prev_key_offsets) frames, current first; N cameras; (H, W) = ``final_dim``):
@@ -19,7 +20,7 @@ Sample dict (F = 1 + len(prev_key_offsets) frames, current first; N cameras; (H,
 =============  =========================  ==========================================================
 key            shape / type               meaning
 =============  =========================  ==========================================================
-imgs           (F, N, 3, H, W) float32    normalised images (RGB if ``to_rgb``)
+imgs           (F, N, 3, H, W) float32    normalised RGB images (:class:`ImageTransform`)
 K              (F, N, 3, 3) float32       intrinsics of the original images (pixels)
 cam2ego        (F, N, 4, 4) float32       camera -> that frame's own key ego (pre-bda)
 prev2curr      (F-1, 4, 4) float32        previous key ego -> current key ego, ``inv(cur ego2global) @ prev
@@ -49,6 +50,7 @@ import torch
 from torch.utils.data import Dataset
 
 from labeldistill_ros import geometry as geo
+from labeldistill_ros.model.image_transform import ImageTransform, ida_for
 
 from .config import DataConfig
 from .infos import get_infos
@@ -73,6 +75,8 @@ class NuScenesDataset(Dataset):
         self.epoch = 0
         self._index = {info["sample_token"]: i for i, info in enumerate(infos)}
         self._class_index = {c: i for i, c in enumerate(config.classes)}
+        # The model's one image transform (the node runs the same): evaluation ida, pixel warp, normalisation.
+        self.transform = ImageTransform(config.image_aug.final_dim, config.image_transform_config())
         # OpenCV's thread pool is not fork-safe: a forked DataLoader worker that touches it (cv2.setNumThreads,
         # sometimes any parallel call) can deadlock on the parent's pool state. One OpenCV thread in every
         # process that holds a dataset avoids that; workers parallelise the decoding instead.
@@ -101,29 +105,25 @@ class NuScenesDataset(Dataset):
     # Augmentation parameters
     # ------------------------------------------------------------------------------------------------------------
     def sample_ida(self, rng: np.random.Generator | None, width: int, height: int) -> np.ndarray:
-        """``(4, 4)`` image augmentation for a ``width x height`` source image (BEVDepth's sampling rules).
+        """``(4, 4)`` image augmentation for a ``width x height`` source image (BEVDepth's sampling rules,
+        :func:`labeldistill_ros.model.image_transform.ida_for`).
 
         Training (rng given and augmentation enabled): resize = fit x U(resize_lim), bottom crop from
-        U(bot_pct_lim), random horizontal crop, flip with p = 0.5, rotation U(rot_lim). Otherwise: resize =
-        fit x test_resize, bottom crop at the mean of bot_pct_lim, centred horizontally, no flip/rotation.
+        U(bot_pct_lim), random horizontal crop, flip with p = 0.5, rotation U(rot_lim). Otherwise the model's
+        evaluation transform (:attr:`transform`): resize = fit x test_resize, bottom crop at the mean of
+        bot_pct_lim, centred horizontally, no flip/rotation: exactly what the node runs.
         """
+        if rng is None or not self.config.image_aug.enabled:
+            return self.transform.ida(width, height)
         a = self.config.image_aug
         fH, fW = a.final_dim
-        fit = max(fH / height, fW / width)
-        if rng is not None and a.enabled:
-            resize = fit * rng.uniform(*a.resize_lim)
-            newW, newH = int(width * resize), int(height * resize)
-            crop_h = int((1 - rng.uniform(*a.bot_pct_lim)) * newH) - fH
-            crop_w = int(rng.uniform(0, max(0, newW - fW)))
-            flip = bool(a.rand_flip and rng.random() < 0.5)
-            rot = float(rng.uniform(*a.rot_lim))
-        else:
-            resize = fit * a.test_resize
-            newW, newH = int(width * resize), int(height * resize)
-            crop_h = int((1 - float(np.mean(a.bot_pct_lim))) * newH) - fH
-            crop_w = int(max(0, newW - fW) / 2)
-            flip, rot = False, 0.0
-        return geo.img_aug_matrix(resize, (crop_w, crop_h, crop_w + fW, crop_h + fH), flip, rot)
+        resize_scale = rng.uniform(*a.resize_lim)
+        new_w = int(width * max(fH / height, fW / width) * resize_scale)
+        bottom_crop = rng.uniform(*a.bot_pct_lim)
+        left = int(rng.uniform(0, max(0, new_w - fW)))
+        flip = bool(a.rand_flip and rng.random() < 0.5)
+        rot = float(rng.uniform(*a.rot_lim))
+        return ida_for(width, height, a.final_dim, resize_scale, bottom_crop, left, flip, rot)
 
     def sample_bda(self, rng: np.random.Generator | None) -> np.ndarray:
         """``(4, 4)`` BEV augmentation: rotation U(rot_lim) deg, scale U(scale_lim), x/y flips; identity when
@@ -159,29 +159,16 @@ class NuScenesDataset(Dataset):
         return os.path.join(self.config.dataroot, rel)
 
     def load_image(self, rel_path: str) -> np.ndarray:
-        """``(H, W, 3)`` uint8 BGR image (raises if unreadable)."""
+        """``(H, W, 3)`` uint8 **RGB** image (raises if unreadable)."""
         img = cv2.imread(self._path(rel_path), cv2.IMREAD_COLOR)
         if img is None:
             raise FileNotFoundError(f"cannot read image {self._path(rel_path)}")
-        return img
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
     def load_lidar(self, rel_path: str) -> np.ndarray:
         """``(P, 5)`` float32 x, y, z (LiDAR frame), intensity, ring of a ``.pcd.bin`` file."""
         pts = np.fromfile(self._path(rel_path), dtype=np.float32)
         return pts.reshape(-1, 5)
-
-    def _warp(self, img: np.ndarray, ida: np.ndarray) -> np.ndarray:
-        fH, fW = self.config.image_aug.final_dim
-        M = ida[:2, [0, 1, 3]].astype(np.float64)
-        return cv2.warpAffine(img, M, (fW, fH), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                              borderValue=0)
-
-    def _normalise(self, img: np.ndarray) -> np.ndarray:
-        a = self.config.image_aug
-        if a.to_rgb:
-            img = img[..., ::-1]
-        x = (img.astype(np.float32) - np.asarray(a.mean, dtype=np.float32)) / np.asarray(a.std, dtype=np.float32)
-        return np.ascontiguousarray(x.transpose(2, 0, 1))
 
     def lidar_points(self, info: dict, key_cloud: np.ndarray | None = None) -> np.ndarray:
         """``(P, 5)`` x, y, z in the key ego frame (pre-bda), intensity, time lag (s): the key cloud plus up to
@@ -261,7 +248,7 @@ class NuScenesDataset(Dataset):
                 img = self.load_image(cam["path"])
                 if ida is None:  # one augmentation per camera, shared by all frames
                     ida = self.sample_ida(rng, img.shape[1], img.shape[0])
-                imgs[f, c] = self._normalise(self._warp(img, ida))
+                imgs[f, c] = self.transform(img, ida).numpy()
                 Ks[f, c] = cam["K"]
                 c2e[f, c] = frame_g2e[f] @ cam["ego2global"] @ cam["cam2ego"]
                 idas[f, c] = ida
