@@ -43,6 +43,10 @@ HEADLINES: dict[str, list[tuple[str, str, str]]] = {
         ("model rate inside the node (r18 128x352, CPU, 1 thread)", "model_hz", "Hz"),
         ("camera sets lost in transport (6 x 1600x900 rgb8)", "dropped_sets", ""),
         ("resident memory growth over the run", "rss_growth_mb", "MB"),
+        ("temporal model per set: history + warp + stack (r18, 1 previous frame), p50", "temporal_overhead_ms_p50",
+         "ms"),
+        ("temporal overhead / forward, r50 256x704 with 4 previous frames (CPU)",
+         "temporal.r50_256x704.overhead_fraction_of_forward", ""),
     ],
 }
 

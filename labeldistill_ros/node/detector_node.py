@@ -8,7 +8,8 @@ Data flow (callbacks only hand off; nothing heavy runs in the executor thread or
 
     image callbacks --(lock)--> SetCollector --complete/partial set--> LatestWorker slot (newest wins)
     camera_info callbacks --> latest message per camera (validated in the worker, cached by content)
-    inference thread: decode images -> K (CameraInfo) + cam->target_frame (TF) -> Detector.detect -> publish
+    inference thread: decode images -> K (CameraInfo) + cam->target_frame at the reference stamp (TF, through
+                      fixed_frame) -> Detector.detect (temporal models: + kept BEV of earlier sets) -> publish
 
 Topics (``~`` = the node's name, ``labeldistill_detector`` by default):
     in   ``image_topics[i]`` (sensor_msgs/Image) or ``image_topics[i]/compressed`` (CompressedImage),
@@ -16,7 +17,7 @@ Topics (``~`` = the node's name, ``labeldistill_detector`` by default):
     out  ``~/output/detections`` (vision_msgs/Detection3DArray, frame target_frame, stamp = the set's reference
          stamp: its latest camera stamp; each camera is moved there through ``fixed_frame``, see
          :mod:`.calibration`),
-         ``~/output/markers`` (visualization_msgs/MarkerArray), ``~/output/label_info`` (vision_msgs/LabelInfo,
+         ``~/output/markers`` (visualization_msgs/MarkerArray, built only while subscribed), ``~/output/label_info`` (vision_msgs/LabelInfo,
          latched), ``/diagnostics`` (diagnostic_msgs/DiagnosticArray),
          ``~/debug/processing_time/{preprocess,inference,postprocess,total}_ms`` and
          ``~/debug/pipeline_latency_ms`` (std_msgs/Float64; latency = node clock now - reference stamp)
