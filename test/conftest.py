@@ -77,8 +77,14 @@ def one_torch_thread():
 
 @pytest.fixture(scope="session")
 def real_sample_dir() -> Path:
-    """The one real nuScenes key frame in ../shared/real-nuscenes-sample (present beside every checkout)."""
+    """The one real nuScenes key frame in ../shared/real-nuscenes-sample (present beside every checkout).
+
+    Missing: the test fails under CI (``CI`` set: every CI run has ../shared beside the clone, so its absence is
+    a broken set-up, not a reason to pass) and is skipped elsewhere (a bare clone on a laptop)."""
     d = SHARED / "real-nuscenes-sample"
     if not (d / "sample.json").is_file():
-        pytest.skip(f"real nuScenes sample not found at {d} (expected ../shared beside the repository)")
+        msg = f"real nuScenes sample not found at {d} (expected ../shared beside the repository)"
+        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+            pytest.fail(msg + ": CI must run with ../shared beside the clone")
+        pytest.skip(msg)
     return d

@@ -8,7 +8,6 @@ from labeldistill_ros.model import StudentDetector, export_student, load_exporte
 from labeldistill_ros.model.export import HEAD_OUTPUT_ORDER, example_inputs
 
 SMALL = Path(__file__).resolve().parents[1] / "config" / "model" / "r18_128x352_cpu.yaml"
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "real-nuscenes-sample" / "sample.json"
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

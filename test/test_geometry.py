@@ -1,21 +1,18 @@
 """Geometry checks: synthetic round trips and the one real nuScenes key frame in ../shared/real-nuscenes-sample."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from labeldistill_ros import geometry as g
 
-SAMPLE_DIR = Path(__file__).resolve().parents[2] / "shared" / "real-nuscenes-sample"
 
 
 @pytest.fixture(scope="module")
-def sample():
-    if not (SAMPLE_DIR / "sample.json").is_file():
-        pytest.skip(f"real nuScenes sample not found at {SAMPLE_DIR} (the repository's parent must hold shared/)")
-    d = json.loads((SAMPLE_DIR / "sample.json").read_text())
+def sample(real_sample_dir):
+    d = json.loads((real_sample_dir / "sample.json").read_text())
     d["boxes_lidar"] = np.array([i["box"] for i in d["instances_lidar_frame"]])
+    d["dir"] = real_sample_dir
     return d
 
 
@@ -154,7 +151,7 @@ def test_real_sample_ego_path_differs_only_by_ego_motion(sample):
 def test_real_sample_points_in_boxes(sample):
     boxes = sample["boxes_lidar"]
     annotated = np.array([i["num_lidar_pts"] for i in sample["instances_lidar_frame"]])
-    pts = np.fromfile(SAMPLE_DIR / sample["lidar"]["file"], dtype=np.float32).reshape(-1, 5)[:, :3]
+    pts = np.fromfile(sample["dir"] / sample["lidar"]["file"], dtype=np.float32).reshape(-1, 5)[:, :3]
     inside = g.points_in_boxes(pts, boxes).sum(0)
     # The annotation counts come from the annotator's own sweep handling: agree to a few points per box.
     assert np.all(np.abs(inside - annotated) <= np.maximum(2, 0.11 * annotated))

@@ -20,7 +20,6 @@ from labeldistill_ros.model.view_transform import LSSViewTransform
 REPO = Path(__file__).resolve().parents[1]
 SMALL = REPO / "config" / "model" / "r18_128x352_cpu.yaml"
 R50 = REPO / "config" / "model" / "r50_256x704.yaml"
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "real-nuscenes-sample" / "sample.json"
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -37,11 +36,9 @@ def small_model(small_cfg):
     return StudentDetector.from_config(small_cfg).eval()
 
 
-def real_rig():
-    """K (6, 3, 3) and cam2ego (6, 4, 4) of the real nuScenes key frame, or None if ../shared is absent."""
-    if not SAMPLE.is_file():
-        return None
-    cams = json.loads(SAMPLE.read_text())["cameras"]
+def real_rig(sample_dir):
+    """K (6, 3, 3) and cam2ego (6, 4, 4) of the real nuScenes key frame."""
+    cams = json.loads((sample_dir / "sample.json").read_text())["cameras"]
     K = np.stack([np.array(c["cam2img"]) for c in cams.values()])
     cam2ego = np.stack([np.array(c["cam2ego"]) for c in cams.values()])
     return torch.tensor(K, dtype=torch.float32), torch.tensor(cam2ego, dtype=torch.float32)
@@ -223,16 +220,15 @@ def test_feature_at_a_known_point_lands_in_its_cell(small_cfg, bda):
     assert 4 <= hits < len(cases)  # both kinds: points in the grid and points dropped (below z = -5 m)
 
 
-def test_cached_pooling_matches_static_pooling_and_gradients(small_cfg):
+def test_cached_pooling_matches_static_pooling_and_gradients(small_cfg, real_sample_dir):
     """The cached sparse pooling (eager/training path) equals the static index_add pooling (export path), in
     values and in gradients, with the real nuScenes rig and a BEV augmentation."""
-    rig = real_rig()
+    rig = real_rig(real_sample_dir)
     cfg = small_cfg
     vt = LSSViewTransform(cfg.input_size, cfg.feature_stride, cfg.depth_net.depth_bound, cfg.bev_grid)
     model_inputs = example_inputs(cfg, 6, batch=2)
     K, cam2ego, ida = model_inputs[1:4]
-    if rig is not None:
-        K, cam2ego = rig[0].expand(2, 6, 3, 3), rig[1].expand(2, 6, 4, 4)
+    K, cam2ego = rig[0].expand(2, 6, 3, 3), rig[1].expand(2, 6, 4, 4)
     bda = torch.tensor(np.stack([np.eye(4), g.bev_aug_matrix(-0.3, 0.95, False, True)]), dtype=torch.float32)
     torch.manual_seed(1)
     D, (h, w) = cfg.depth_net.num_bins, cfg.feature_size
