@@ -150,23 +150,27 @@ def camera_info_msg(K: np.ndarray, width: int, height: int, frame: str, stamp_ns
     return msg
 
 
-def tf_static_msg(sample: CameraSample, parent: str = "base_link", frames: list[str] | None = None):
+def transform_msg(parent: str, child: str, T: np.ndarray, stamp_ns: int = 0):
+    """``geometry_msgs/TransformStamped``: ``T (4, 4)`` maps ``child`` points into ``parent``, at ``stamp_ns``."""
     from geometry_msgs.msg import TransformStamped
-    from tf2_msgs.msg import TFMessage
 
     from labeldistill_ros.geometry import matrix_to_quat
 
-    out = TFMessage()
-    for name, T in zip(frames or sample.names, sample.cam2ego):
-        t = TransformStamped()
-        t.header.frame_id, t.child_frame_id = parent, name
-        t.header.stamp = stamp(sample.stamps_ns[0])
-        t.transform.translation.x, t.transform.translation.y, t.transform.translation.z = map(float, T[:3, 3])
-        w, x, y, z = matrix_to_quat(T[:3, :3])
-        t.transform.rotation.x, t.transform.rotation.y = float(x), float(y)
-        t.transform.rotation.z, t.transform.rotation.w = float(z), float(w)
-        out.transforms.append(t)
-    return out
+    t = TransformStamped()
+    t.header.frame_id, t.child_frame_id = parent, child
+    t.header.stamp = stamp(int(stamp_ns))
+    t.transform.translation.x, t.transform.translation.y, t.transform.translation.z = map(float, T[:3, 3])
+    w, x, y, z = matrix_to_quat(T[:3, :3])
+    t.transform.rotation.x, t.transform.rotation.y = float(x), float(y)
+    t.transform.rotation.z, t.transform.rotation.w = float(z), float(w)
+    return t
+
+
+def tf_static_msg(sample: CameraSample, parent: str = "base_link", frames: list[str] | None = None):
+    from tf2_msgs.msg import TFMessage
+
+    return TFMessage(transforms=[transform_msg(parent, name, T, sample.stamps_ns[0])
+                                 for name, T in zip(frames or sample.names, sample.cam2ego)])
 
 
 def tf_roundtrip(sample: CameraSample) -> list[np.ndarray]:

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from labeldistill_ros.node.calibration import CalibrationCache, CalibrationError, intrinsics
+from node_support import transform_msg
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -87,20 +88,6 @@ def test_cache_errors_and_frame_selection():
     assert override.frame_of(0, "img_frame") == "cam0_optical"
 
 
-def _tf_msg(parent, child, T, stamp_ns):
-    from geometry_msgs.msg import TransformStamped
-
-    from labeldistill_ros.geometry import matrix_to_quat
-
-    t = TransformStamped()
-    t.header.frame_id, t.child_frame_id = parent, child
-    t.header.stamp.sec, t.header.stamp.nanosec = divmod(int(stamp_ns), 1_000_000_000)
-    t.transform.translation.x, t.transform.translation.y, t.transform.translation.z = map(float, T[:3, 3])
-    w, x, y, z = matrix_to_quat(T[:3, :3])
-    t.transform.rotation.w, t.transform.rotation.x, t.transform.rotation.y, t.transform.rotation.z = w, x, y, z
-    return t
-
-
 def test_ego_motion_between_camera_stamps_is_compensated_through_the_fixed_frame():
     """The ego drives at 10 m/s while turning; three cameras fire 0, 20 and 40 ms apart. A world-fixed landmark
     seen by each camera at its own stamp lands on one position in base_link at the reference (latest) stamp; the
@@ -114,7 +101,7 @@ def test_ego_motion_between_camera_stamps_is_compensated_through_the_fixed_frame
     static = [g.make_transform(g.quat_to_matrix(g.yaw_to_quat(yaw)) @ optical, [1.0, 0.2 * i, 1.6])
               for i, yaw in enumerate((0.0, 0.9, -0.9))]
     for n, T in zip(names, static):
-        buf.set_transform_static(_tf_msg("base_link", n, T, 0))
+        buf.set_transform_static(transform_msg("base_link", n, T, 0))
     t0 = 1_000_000_000_000
 
     def pose(t_ns):  # base_link -> map: 10 m/s along a 0.2 rad/s turn
@@ -122,7 +109,7 @@ def test_ego_motion_between_camera_stamps_is_compensated_through_the_fixed_frame
         return g.make_transform(g.quat_to_matrix(g.yaw_to_quat(0.3 + 0.2 * dt)), [100 + 10 * dt, 50 + 2 * dt, 0.0])
 
     for k in range(-5, 10):
-        buf.set_transform(_tf_msg("map", "base_link", pose(t0 + k * 10_000_000), t0 + k * 10_000_000))
+        buf.set_transform(transform_msg("map", "base_link", pose(t0 + k * 10_000_000), t0 + k * 10_000_000))
     tf = TfBackend.from_buffer(buf)
     c = CalibrationCache(names, "base_link")
     for i in range(3):

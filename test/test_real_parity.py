@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from data_fixtures import real_mini_root  # noqa: F401 - fixture
-from node_support import CAMS, CPU_CONFIG, NodeHarness, camera_info_msg, real_sample, stamp, tf_static_msg
+from node_support import CAMS, CPU_CONFIG, NodeHarness, camera_info_msg, real_sample, tf_static_msg, transform_msg
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.usefixtures("one_torch_thread")]
 STEPS = 50
@@ -28,19 +28,9 @@ TOL_M = 0.25
 
 
 def _tf_message(parent: str, child: str, T: np.ndarray, stamp_ns: int):
-    from geometry_msgs.msg import TransformStamped
     from tf2_msgs.msg import TFMessage
 
-    from labeldistill_ros.geometry import matrix_to_quat
-
-    t = TransformStamped()
-    t.header.frame_id, t.child_frame_id = parent, child
-    t.header.stamp = stamp(stamp_ns)
-    t.transform.translation.x, t.transform.translation.y, t.transform.translation.z = map(float, T[:3, 3])
-    w, x, y, z = matrix_to_quat(T[:3, :3])
-    t.transform.rotation.w, t.transform.rotation.x, t.transform.rotation.y, t.transform.rotation.z = (
-        float(w), float(x), float(y), float(z))
-    return TFMessage(transforms=[t])
+    return TFMessage(transforms=[transform_msg(parent, child, T, stamp_ns)])
 
 
 def camera_ego_poses(sample_dir) -> tuple[np.ndarray, dict[str, np.ndarray]]:

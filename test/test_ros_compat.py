@@ -13,25 +13,14 @@ import cv2
 import numpy as np
 import pytest
 
-from labeldistill_ros.geometry import make_transform, matrix_to_quat, yaw_to_quat
+from labeldistill_ros.geometry import make_transform, yaw_to_quat
 from labeldistill_ros.node import ros_compat as rc
+from node_support import transform_msg
 
 pytestmark = pytest.mark.timeout(60)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def tf_msg(parent, child, T, stamp_ns=0):
-    from geometry_msgs.msg import TransformStamped
-
-    t = TransformStamped()
-    t.header.frame_id, t.child_frame_id = parent, child
-    t.header.stamp.sec, t.header.stamp.nanosec = divmod(int(stamp_ns), 1_000_000_000)
-    t.transform.translation.x, t.transform.translation.y, t.transform.translation.z = map(float, T[:3, 3])
-    w, x, y, z = matrix_to_quat(T[:3, :3])
-    t.transform.rotation.x, t.transform.rotation.y, t.transform.rotation.z, t.transform.rotation.w = x, y, z, w
-    return t
-
-
 def rot_z(yaw, t=(0, 0, 0)):
     return make_transform(yaw_to_quat(yaw), t)
 
@@ -82,7 +71,7 @@ def test_tf_backend_uses_tf2_ros_when_installed(fake_modules):
 
         def lookup_transform(self, target, source, time, timeout):
             calls["lookup"] = (target, source, time.nanoseconds, timeout.nanoseconds)
-            return tf_msg(target, source, rot_z(0.5, (1, 2, 3)))
+            return transform_msg(target, source, rot_z(0.5, (1, 2, 3)))
 
         def clear(self):
             calls["clear"] = True
@@ -149,8 +138,8 @@ def test_static_chain_lookup_both_directions_at_any_time():
     buf = rc.TransformBuffer()
     T_base_mount = rot_z(0.3, (1.0, 0.5, 1.2))
     T_mount_cam = make_transform(np.array([0.5, -0.5, 0.5, -0.5]), (0.1, 0.0, 0.05))  # optical frame
-    buf.set_transform_static(tf_msg("base_link", "mount", T_base_mount))
-    buf.set_transform_static(tf_msg("mount", "cam", T_mount_cam))
+    buf.set_transform_static(transform_msg("base_link", "mount", T_base_mount))
+    buf.set_transform_static(transform_msg("mount", "cam", T_mount_cam))
     T, _ = buf.lookup_matrix("base_link", "cam", 123 * S)
     np.testing.assert_allclose(T, T_base_mount @ T_mount_cam, atol=1e-12)
     T_inv, _ = buf.lookup_matrix("cam", "base_link", 0)
@@ -159,15 +148,15 @@ def test_static_chain_lookup_both_directions_at_any_time():
     assert (msg.header.frame_id, msg.child_frame_id) == ("base_link", "cam")
     np.testing.assert_allclose(rc.transform_to_matrix(msg), T, atol=1e-12)
     # sibling frames through their common parent
-    buf.set_transform_static(tf_msg("base_link", "lidar", rot_z(-1.0, (0.9, 0, 1.8))))
+    buf.set_transform_static(transform_msg("base_link", "lidar", rot_z(-1.0, (0.9, 0, 1.8))))
     T_cl, _ = buf.lookup_matrix("lidar", "cam", 0)
     np.testing.assert_allclose(T_cl, np.linalg.inv(rot_z(-1.0, (0.9, 0, 1.8))) @ T, atol=1e-12)
 
 
 def test_dynamic_transforms_interpolate_and_refuse_to_extrapolate():
     buf = rc.TransformBuffer()
-    buf.set_transform(tf_msg("map", "base_link", rot_z(0.0, (0, 0, 0)), 10 * S))
-    buf.set_transform(tf_msg("map", "base_link", rot_z(1.0, (2, 4, 0)), 11 * S))
+    buf.set_transform(transform_msg("map", "base_link", rot_z(0.0, (0, 0, 0)), 10 * S))
+    buf.set_transform(transform_msg("map", "base_link", rot_z(1.0, (2, 4, 0)), 11 * S))
     T, stamp = buf.lookup_matrix("map", "base_link", 10 * S + S // 4)
     np.testing.assert_allclose(T, rot_z(0.25, (0.5, 1.0, 0)), atol=1e-9)  # lerp + slerp
     T, stamp = buf.lookup_matrix("map", "base_link", 0)  # latest
@@ -178,7 +167,7 @@ def test_dynamic_transforms_interpolate_and_refuse_to_extrapolate():
     with pytest.raises(rc.ExtrapolationException, match="into the past"):
         buf.lookup_matrix("map", "base_link", 9 * S)
     # a static camera under the moving base: static edge at any time, dynamic edge interpolated
-    buf.set_transform_static(tf_msg("base_link", "cam", rot_z(0.0, (1, 0, 0))))
+    buf.set_transform_static(transform_msg("base_link", "cam", rot_z(0.0, (1, 0, 0))))
     T, _ = buf.lookup_matrix("map", "cam", 10 * S + S // 2)
     np.testing.assert_allclose(T, rot_z(0.5, (1, 2, 0)) @ rot_z(0.0, (1, 0, 0)), atol=1e-9)
     buf.clear()  # time jumped back: dynamic data forgotten, static kept
@@ -189,8 +178,8 @@ def test_dynamic_transforms_interpolate_and_refuse_to_extrapolate():
 
 def test_missing_and_disconnected_frames_raise_clear_errors():
     buf = rc.TransformBuffer()
-    buf.set_transform_static(tf_msg("base_link", "CAM_FRONT", np.eye(4)))
-    buf.set_transform_static(tf_msg("odom", "imu", np.eye(4)))
+    buf.set_transform_static(transform_msg("base_link", "CAM_FRONT", np.eye(4)))
+    buf.set_transform_static(transform_msg("odom", "imu", np.eye(4)))
     with pytest.raises(rc.LookupException, match='"CAM_BACK" passed to lookupTransform argument source_frame'):
         buf.lookup_matrix("base_link", "CAM_BACK", 0)
     with pytest.raises(rc.ConnectivityException, match="not part of the same tree"):
@@ -204,18 +193,18 @@ def test_missing_and_disconnected_frames_raise_clear_errors():
 
 def test_lookup_waits_for_a_transform_that_arrives_within_the_timeout():
     buf = rc.TransformBuffer()
-    buf.set_transform_static(tf_msg("base_link", "x", np.eye(4)))
-    threading.Timer(0.05, lambda: buf.set_transform_static(tf_msg("base_link", "cam", rot_z(0.1)))).start()
+    buf.set_transform_static(transform_msg("base_link", "x", np.eye(4)))
+    threading.Timer(0.05, lambda: buf.set_transform_static(transform_msg("base_link", "cam", rot_z(0.1)))).start()
     T, _ = buf.lookup_matrix("base_link", "cam", 0, timeout=2.0)
     np.testing.assert_allclose(T, rot_z(0.1), atol=1e-12)
 
 
 def test_invalid_transforms_are_rejected():
     buf = rc.TransformBuffer()
-    bad = tf_msg("base_link", "cam", np.eye(4))
+    bad = transform_msg("base_link", "cam", np.eye(4))
     bad.transform.rotation.w = 0.0
     assert not buf.set_transform_static(bad)
-    assert not buf.set_transform_static(tf_msg("a", "a", np.eye(4)))
+    assert not buf.set_transform_static(transform_msg("a", "a", np.eye(4)))
     assert buf.all_frames() == set()
 
 
@@ -223,7 +212,7 @@ def test_real_calibration_round_trips_through_the_buffer(real_sample_dir):
     sample = json.loads((real_sample_dir / "sample.json").read_text())
     buf = rc.TransformBuffer()
     for cam, c in sample["cameras"].items():
-        buf.set_transform_static(tf_msg("base_link", cam, np.array(c["cam2ego"])))
+        buf.set_transform_static(transform_msg("base_link", cam, np.array(c["cam2ego"])))
     for cam, c in sample["cameras"].items():
         T, _ = buf.lookup_matrix("base_link", cam, int(c["timestamp_s"] * 1e9))
         np.testing.assert_allclose(T, np.array(c["cam2ego"]), atol=1e-6)  # stored matrices: 1e-8 from orthonormal
@@ -240,7 +229,7 @@ def test_listener_receives_latched_tf_static_published_before_it_started(rclpy_c
     pub_node = rclpy.create_node("ld_test_tf_pub", context=rclpy_context)
     static_pub = pub_node.create_publisher(TFMessage, "/tf_static",
                                            QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
-    static_pub.publish(TFMessage(transforms=[tf_msg("base_link", "CAM_FRONT", rot_z(0.2, (1.7, 0, 1.5)))]))
+    static_pub.publish(TFMessage(transforms=[transform_msg("base_link", "CAM_FRONT", rot_z(0.2, (1.7, 0, 1.5)))]))
     dyn_pub = pub_node.create_publisher(TFMessage, "/tf", 100)
     ex = SingleThreadedExecutor(context=rclpy_context)
     ex.add_node(pub_node)
@@ -253,7 +242,7 @@ def test_listener_receives_latched_tf_static_published_before_it_started(rclpy_c
     assert spin_until(ex, lambda: buf.can_transform("base_link", "CAM_FRONT"), 15.0), "latched /tf_static missed"
     np.testing.assert_allclose(buf.lookup_matrix("base_link", "CAM_FRONT", 0)[0], rot_z(0.2, (1.7, 0, 1.5)),
                                atol=1e-9)
-    msg = TFMessage(transforms=[tf_msg("map", "base_link", rot_z(0.0, (5, 0, 0)), 42 * S)])
+    msg = TFMessage(transforms=[transform_msg("map", "base_link", rot_z(0.0, (5, 0, 0)), 42 * S)])
     assert spin_until(ex, lambda: buf.can_transform("map", "CAM_FRONT", 42 * S), 15.0,
                       on_tick=lambda: dyn_pub.publish(msg))
 
