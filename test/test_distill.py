@@ -14,7 +14,7 @@ from labeldistill_training.losses.depth import DepthLoss
 from labeldistill_training.losses.detection import CenterPointLoss, CenterPointTargetAssigner
 from labeldistill_training.models.adaptors import partition_slices
 from labeldistill_training.trainer import (Frozen, StudentStage, bev_grid, build_label_encoder, build_student,
-                                           build_teacher, task_class_ids)
+                                           build_teacher, distiller_for, task_class_ids)
 from labeldistill_ros.model.config import load_model_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,15 +29,19 @@ def test_partition_slices():
         partition_slices(1)
 
 
-def _cfg(method: str):
-    return train_config_from_dict({
+def _plain(method: str) -> dict:
+    return {
         "model_config": str(REPO / "config/model/r18_128x352_cpu.yaml"),
         "teacher": {"pillar_size": [0.8, 0.8], "pillar_channels": 8, "encoder_channels": 16,
                     "backbone_channels": [16, 32], "backbone_layers": [1, 1], "neck_channels": [16, 16],
                     "head_share_channels": 16, "head_conv_channels": 16},
         "label_encoder": {"hidden": 16},
         "distill": {"method": method},
-    })
+    }
+
+
+def _cfg(method: str):
+    return train_config_from_dict(_plain(method))
 
 
 def _batch(B: int = 1, N: int = 2):
@@ -74,10 +78,7 @@ def test_student_stage_frozen_modules(method, student_and_batch):
     grid = bev_grid(mcfg)
     student, batch = student_and_batch
     student.zero_grad(set_to_none=True)
-    distiller = build_distiller(method, (mcfg.bev_channels, mcfg.bev_trunk.base_channels),
-                                cfg.teacher.encoder_channels, cfg.teacher.backbone_channels, grid,
-                                cfg.distill.labeldistill, cfg.distill.unidistill, cfg.distill.cmkd,
-                                cfg.distill.stereodistill)
+    distiller = distiller_for(cfg, mcfg, student)
     teacher = Frozen(build_teacher(cfg, mcfg)) if distiller.needs_teacher else None
     label_enc = Frozen(build_label_encoder(cfg, mcfg)) if distiller.needs_label_encoder else None
     dn = mcfg.depth_net
@@ -94,6 +95,9 @@ def test_student_stage_frozen_modules(method, student_and_batch):
     if method != "none":
         assert any(k.startswith("kd_") for k in parts)
         assert any(p.grad is not None for p in distiller.parameters())
+    if method == "unidistill":  # the IoU channel (reference on): its branch trains through both of its losses
+        assert "kd_iou_aware" in parts and distiller.iou_branch is not None
+        assert all(p.grad is not None for p in distiller.iou_branch.parameters())
     for f, sd in zip(frozen, before):
         assert not f.training and all(not m.training for m in f.modules())
         assert all(p.grad is None and not p.requires_grad for p in f.parameters())
@@ -137,3 +141,36 @@ def test_cmkd_unlabeled_samples_train_from_the_teacher_alone(student_and_batch):
     toks = [f"tok{i}" for i in range(400)]
     frac = sum(is_unlabeled(t, 0.25) for t in toks) / len(toks)
     assert 0.15 < frac < 0.35 and is_unlabeled("tok1", 0.25) == is_unlabeled("tok1", 0.25)
+
+
+def test_unidistill_adaptor_switch(student_and_batch):
+    """adaptor: true = a 1x1 conv to the teacher's encoder channels; false = none, and unequal channels are an error
+    naming both (the reference has no adaptor: its channels match by construction)."""
+    from labeldistill_training.distill import UniDistillDistiller
+
+    student, _ = student_and_batch
+    mcfg = load_model_config(REPO / "config/model/r18_128x352_cpu.yaml")
+    cfg = _cfg("unidistill")
+    assert isinstance(distiller_for(cfg, mcfg, student).adaptor, torch.nn.Conv2d)
+    off = train_config_from_dict({**_plain("unidistill"), "distill": {"method": "unidistill",
+                                                                      "unidistill": {"adaptor": False}}})
+    with pytest.raises(ValueError, match=r"adaptor is false.*\(32, model bev_channels\).*\(16, teacher.encoder_channels\)"):
+        distiller_for(off, mcfg, student)
+    same = train_config_from_dict({**_plain("unidistill"), "teacher": {**_plain("unidistill")["teacher"],
+                                                                       "encoder_channels": mcfg.bev_channels},
+                                   "distill": {"method": "unidistill", "unidistill": {"adaptor": False}}})
+    d = distiller_for(same, mcfg, student)
+    assert isinstance(d.adaptor, torch.nn.Identity)
+    x = torch.randn(1, mcfg.bev_channels, 4, 4)
+    assert torch.equal(d.adaptor(x), x)
+
+
+def test_unidistill_iou_channel_switch(student_and_batch):
+    """iou_channel: false = no branch, no kd_iou_aware part; the response term then differs from the default's."""
+    student, batch = student_and_batch
+    mcfg = load_model_config(REPO / "config/model/r18_128x352_cpu.yaml")
+    off = train_config_from_dict({**_plain("unidistill"), "distill": {"method": "unidistill",
+                                                                      "unidistill": {"iou_channel": False}}})
+    d = distiller_for(off, mcfg, student)
+    assert d.iou_branch is None and not any("iou" in k for k, _ in d.named_parameters())
+    assert any(k.startswith("iou_branch.") for k, _ in distiller_for(_cfg("unidistill"), mcfg, student).named_parameters())

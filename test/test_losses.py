@@ -194,3 +194,86 @@ def test_stereodistill_iou_gates_and_cld():
     fg = torch.ones(1, 1, 1)
     kl = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
     assert float(stereodistill.cld_loss([zs], [zt], fg)) == pytest.approx(kl, rel=1e-5)
+
+
+def _heads(H=8, W=8, fill=0.0, requires_grad=False):
+    h = {"heatmap": torch.zeros(1, 1, H, W)}
+    for k, c in zip(detection.REG_KEYS, (2, 1, 3, 2, 2)):
+        h[k] = torch.full((1, c, H, W), fill, requires_grad=requires_grad)
+    return h
+
+
+def test_labeldistill_response_regression_masks_nan_targets():
+    """The reference's ``mask *= isnotnan(GT)``: a NaN GT code element drops that element of the KD regression
+    term (finite loss), the normaliser stays the object count, and every other element's gradient is unchanged."""
+    tg = _targets_one_peak()
+    s = _heads(requires_grad=True)
+    t = _heads(fill=0.4)
+    loss_ok = labeldistill.response_loss([s], [t], tg)
+    g_ok = torch.autograd.grad(loss_ok, [s["vel"], s["dim"]])
+    tg_nan = [TaskTargets(tg[0].heatmap, tg[0].box.clone(), tg[0].ind, tg[0].mask, tg[0].gt_index)]
+    tg_nan[0].box[0, 0, 9] = float("nan")  # vy unknown
+    loss = labeldistill.response_loss([s], [t], tg_nan)
+    assert torch.isfinite(loss)
+    g_vel, g_dim = torch.autograd.grad(loss, [s["vel"], s["dim"]])
+    assert torch.isfinite(g_vel).all() and torch.isfinite(g_dim).all()
+    # 10 elements of |0 - 0.4| at weight 0.25 before, 9 after (one object: normaliser 1 either way)
+    assert float((loss_ok - loss).detach()) == pytest.approx(0.25 * 0.4, rel=1e-5)
+    assert float(g_vel[0, 1, 4, 4]) == 0.0 and float(g_ok[0][0, 1, 4, 4]) == pytest.approx(-0.25)
+    assert float(g_vel[0, 0, 4, 4]) == pytest.approx(-0.25)  # vx untouched
+    assert torch.equal(g_dim, g_ok[1])
+
+
+def test_nearest_bev_iou_hand_values():
+    a = torch.tensor([0.0, 0.0, 4.0, 2.0, 0.0])
+    assert float(unidistill.nearest_bev_iou(a, a)) == pytest.approx(1.0)
+    b = torch.tensor([1.0, 0.0, 4.0, 2.0, 0.0])  # shifted 1 m along the length: 3 x 2 overlap / (8 + 8 - 6)
+    assert float(unidistill.nearest_bev_iou(a, b)) == pytest.approx(6 / 10)
+    c = torch.tensor([0.0, 0.0, 4.0, 2.0, math.pi / 2 - 0.1])  # snapped to 2 (x) x 4 (y): 2 x 2 / (8 + 8 - 4)
+    assert float(unidistill.nearest_bev_iou(a, c)) == pytest.approx(4 / 12)
+    d = torch.tensor([0.0, 0.0, 4.0, 2.0, math.pi - 0.1])  # heading reversed: same footprint
+    assert float(unidistill.nearest_bev_iou(a, d)) == pytest.approx(1.0)
+
+
+def test_gaussian_box_mask_index_names_the_largest_gaussian():
+    grid = BevGrid(x_min=0.0, y_min=0.0, cell=1.0, H=16, W=16)
+    boxes = torch.tensor([[3.5, 3.5, 0, 4.0, 4.0, 1, 0, 0, 0], [10.5, 10.5, 0, 6.0, 6.0, 1, 0, 0, 0]])
+    G, idx = unidistill.gaussian_box_mask([boxes], grid, return_index=True)
+    assert torch.equal(G, unidistill.gaussian_box_mask([boxes], grid))
+    assert int(idx[0, 3, 3]) == 0 and int(idx[0, 10, 10]) == 1 and int(idx[0, 15, 0]) == -1
+    assert torch.equal(idx[0] >= 0, G[0] > 0)
+
+
+def test_unidistill_iou_channel_hand_case():
+    """Teacher channel = 2 (IoU(teacher box, GT) - 0.5) over the mask; the response regression term averages the
+    11 channels of a task; the IoU-aware loss pulls the student's channel to its own box's IoU."""
+    grid = BevGrid(x_min=0.0, y_min=0.0, cell=1.0, H=16, W=16)
+    gt = torch.tensor([[8.5, 8.5, 0.5, 8.0, 4.0, 1.0, 0.0, 0.0, 0.0]])  # centre cell (8, 8), offset 0.5; radius 1
+    G, idx = unidistill.gaussian_box_mask([gt], grid, return_index=True)
+    assert float(G[0, 8, 9]) > 0
+    t = _heads(16, 16)
+    t["reg"][:] = 0.5
+    t["dim"][:, :2] = torch.tensor([math.log(8.0), math.log(4.0)]).view(1, 2, 1, 1)
+    t["rot"][:, 1] = 1.0  # sin 0, cos 1
+    ch = unidistill.teacher_iou_channel([t], [gt], idx, grid)[0]
+    assert ch.shape == (1, 1, 16, 16)
+    assert float(ch[0, 0, 8, 8]) == pytest.approx(1.0)  # the teacher's box at the centre cell is the GT box
+    assert float(ch[0, 0, 8, 9]) == pytest.approx(2 * (28 / 36 - 0.5))  # one cell right: 1 m off along x
+    assert float(ch[0, 0, 0, 0]) == 0.0  # outside the mask
+    s = _heads(16, 16)
+    s_iou = [torch.zeros(1, 1, 16, 16)]
+    lc, lr = unidistill.unidistill_response_loss([s], [t], G, 2.0, s_iou, [ch])
+    _, lr10 = unidistill.unidistill_response_loss([s], [t], G, 2.0)
+    d = (torch.cat([detection.concat_regression(t), ch], 1)).abs().mean(1)
+    assert float(lr) == pytest.approx(float((G * d).sum() / (G.sum() + 1e-4)), rel=1e-5)
+    assert float(lr) != pytest.approx(float(lr10))
+    # IoU-aware loss at the centre cell: the student's box (offset 0, size e^0 = 1 x 1, yaw 0) vs the GT box
+    tgt = CenterPointTargetAssigner(grid, [(0,)])([gt], [torch.tensor([0])])
+    iou_map = torch.zeros(1, 1, 16, 16, requires_grad=True)
+    loss = unidistill.iou_aware_loss([s], [iou_map], tgt, grid)
+    s_box = torch.tensor([8.0, 8.0, 1.0, 1.0, 0.0])
+    iou = float(unidistill.nearest_bev_iou(s_box, torch.tensor([8.5, 8.5, 8.0, 4.0, 0.0])))
+    assert iou == pytest.approx(1 / 32)
+    assert float(loss.detach()) == pytest.approx(abs(0 - 2 * (iou - 0.5)) / (1 + 1e-4), rel=1e-5)
+    (g,) = torch.autograd.grad(loss, iou_map)
+    assert float(g.abs().sum()) == pytest.approx(1 / (1 + 1e-4), rel=1e-5) and float(g[0, 0, 8, 8]) != 0

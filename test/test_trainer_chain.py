@@ -40,8 +40,13 @@ def test_stage_chain_on_tiny_set(tiny_root, tmp_path):  # noqa: F811
     assert s_s["global_step"] == 2
     m = json.loads((work / "student/metrics.json").read_text())
     assert 0.0 <= m["mAP"] <= 1.0 and 0.0 <= m["NDS"] <= 1.0 and m["num_samples"] == 4
+    # per class, the highest recall of its 2 m PR curve (the devkit's metric data), 0 for a class never detected
+    assert set(m["per_class_max_recall"]) == set(m["class_ap"])
+    assert all(0.0 <= v <= 1.0 for v in m["per_class_max_recall"].values())
+    assert (work / "student/final.pt").resolve() == (work / "student/student.pt").resolve()  # written once
     ck = load_checkpoint(work / "student/final.pt", "student")
-    assert ck["method"] == "labeldistill" and any(k.startswith("label_adaptor.") for k in ck["distiller"])
+    assert ck["extra"]["method"] == "labeldistill"
+    assert any(k.startswith("label_adaptor.") for k in ck["extra"]["distiller"])
     assert "head.task_heads.0.branches.heatmap.1.bias" in ck["state_dict"]
     row = next(csv.DictReader(open(work / "student/log.csv")))
     for k in ("loss_det_hm", "loss_depth", "loss_kd_lidar_feat", "loss_kd_label_feat", "loss_kd_response"):

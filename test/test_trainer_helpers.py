@@ -54,6 +54,46 @@ def collate(samples: list[dict]) -> dict:
             "gt_labels": [s["gt_labels"] for s in samples], "sample_token": [s["sample_token"] for s in samples]}
 
 
+class FakeCameraSet(torch.utils.data.Dataset):
+    """Student-stage samples without a data pipeline: 2 cameras at the small model's 128x352 input, random images,
+    two GT boxes, sparse depth targets (the ``images`` batch layout :func:`student_inputs` accepts)."""
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        self.n, self.seed = n, seed
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        g = torch.Generator().manual_seed(self.seed * 7919 + i)
+        N = 2
+        R0 = torch.tensor([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])  # optical -> ego
+        cam2ego = torch.zeros(N, 4, 4)
+        for n in range(N):
+            a = math.pi * n
+            Rz = torch.tensor([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1.0]])
+            cam2ego[n, :3, :3] = Rz @ R0
+            cam2ego[n, :3, 3] = torch.tensor([1.0, 0.0, 1.5])
+            cam2ego[n, 3, 3] = 1
+        depth = torch.zeros(N, 8, 22)
+        depth[:, 4, 5:9] = 12.0
+        boxes = torch.tensor([[10.0, 2.0, 0.8, 4.5, 1.9, 1.6, 0.3, 1.0, 0.0], [-5.0, 8.0, 0.9, 0.7, 0.7, 1.8, 0, 0, 0]])
+        return {"images": torch.randn(N, 3, 128, 352, generator=g),
+                "K": torch.tensor([[120.0, 0, 176], [0, 120.0, 64], [0, 0, 1]]).expand(N, 3, 3).clone(),
+                "cam2ego": cam2ego, "ida": torch.eye(4).expand(N, 4, 4).clone(), "bda": torch.eye(4),
+                "gt_boxes": boxes, "gt_labels": torch.tensor([0, 8]), "depth": depth, "sample_token": f"cam{i}"}
+
+
+def camera_collate(samples: list[dict]) -> dict:
+    out = {k: torch.stack([s[k] for s in samples]) for k in ("images", "K", "cam2ego", "ida", "bda", "depth")}
+    out.update({k: [s[k] for s in samples] for k in ("gt_boxes", "gt_labels", "sample_token")})
+    return out
+
+
+def camera_factory(cfg, model_cfg, split, stage):
+    return FakeCameraSet(4 if split == "train" else 2, seed=0 if split == "train" else 1)
+
+
 def fake_factory(cfg, model_cfg, split, stage):
     return FakeLidarSet(16 if split == "train" else 4, seed=0 if split == "train" else 1)
 

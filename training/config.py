@@ -70,11 +70,23 @@ class LabelEncoderConfig:
 
 @dataclass
 class StudentConfig:
-    """Camera student training losses. ``code_weights`` (4key: all 1.0; BEVDepth base: vel 0.5)."""
+    """Camera student training losses. ``code_weights`` (4key: all 1.0; BEVDepth base: vel 0.5).
+
+    ``backbone_lr_mult``: lr multiplier of the image backbone, image neck, depth net and view transform (the
+    reference's parameters named ``backbone``: the whole LSS), 0.5.
+    ``pretrained_backbone``: optional path to a torchvision ResNet ``state_dict`` file of the student's depth
+    (``torch.save``; a plain state_dict or a dict holding it under ``state_dict``), loaded into the image backbone
+    when the student stage builds the model; ``fc.*`` is ignored, every other key must match. ``stages.student.
+    init_checkpoint`` and a resumed ``last.pt`` are loaded after it and win. The reference (LabelDistill / BEVDepth)
+    starts the R50 from torchvision's ImageNet weights (``ResNet50_Weights.IMAGENET1K_V1``, file
+    ``resnet50-0676ba61.pth``; V2 is ``resnet50-11ad3fa6.pth``); null = random init (the default; training a
+    depth-50 student this way warns). Only the camera student is initialised: the LiDAR teacher has no image
+    backbone."""
 
     code_weights: tuple[float, ...] = (1.0,) * 10
     depth_loss_weight: float = 3.0
     backbone_lr_mult: float = 0.5
+    pretrained_backbone: Optional[str] = None
 
 
 @dataclass
@@ -91,15 +103,41 @@ class LabelDistillConfig:
 
 @dataclass
 class UniDistillConfig:
-    """methods.md §3.3-3.4. ``transpose_bug`` reproduces the reference's swapped grid_sample axes (default off).
-    Deviation: a 1x1 conv adapts the student's BEV input channels to the teacher's encoder channels for the
-    feature loss (the reference's channels match by construction)."""
+    """methods.md §3.3-3.4 (LiDAR -> camera weights: feature 100, relation 40, response 10, teacher T = 2).
+
+    Where this project deviates from the reference, a switch (reference value in brackets):
+
+    * ``transpose_bug`` [reference: on, a bug]: sample the keypoints at the swapped grid_sample axes of the
+      reference (its issue #7). Default off.
+    * ``adaptor`` [reference: false]: a 1x1 conv adapts the student's BEV input channels to the teacher's encoder
+      channels for the low-level feature loss. The reference has none (its camera and LiDAR encoders both output
+      256 channels by construction); here the student's BEV input (e.g. 750 = 150 x 5 frames for the R50 student)
+      rarely matches the teacher encoder (256), so the default is true. With false the channel counts must be
+      equal, else building the distiller raises an error naming both.
+    * ``grad_clip`` [reference: 0.1]: when set, replaces ``stages.student.grad_clip`` for this method. Default
+      null = the student stage's clip (5.0 in the LabelDistill schedule) shared by every method, so that a
+      method comparison differs only in the distillation losses; 0.1 belongs to UniDistill's own schedule (lr
+      2e-4, 20 epochs, uncertainty-weighted IoU-aware head) and, with AdamW, clips nearly every step here.
+    * ``iou_channel`` [reference: on]: the response loss's regression term includes the IoU-aware channel
+      (reference: 6 tasks x [reg 2, height 1, dim 3, rot 2, vel 2, iou 1] = 66 channels averaged). Neither
+      head here has an IoU branch, so the distiller carries one for the student (conv3x3-BN-ReLU-conv3x3 per
+      task on the head input, the reference's SeparateHead ``iou`` branch), trained as the reference does with
+      the IoU-aware L1 loss (target ``2 * (IoU_bev(decoded box, GT) - 0.5)`` at the GT centre cells; weight
+      ``iou_aware_weight``, this project's choice: the reference weighs it with learned uncertainty weights);
+      the teacher (a plain CenterPoint head) contributes its realised quality, ``2 * (IoU_bev(teacher box at the
+      cell, the GT box of the cell) - 0.5)``, what a converged IoU-aware teacher branch predicts. Default on
+      (reference); off = the 60 box channels only.
+    """
 
     feature_weight: float = 100.0
     relation_weight: float = 40.0
     response_weight: float = 10.0
     teacher_temperature: float = 2.0
     transpose_bug: bool = False
+    adaptor: bool = True
+    grad_clip: Optional[float] = None
+    iou_channel: bool = True
+    iou_aware_weight: float = 1.0
 
 
 @dataclass
@@ -144,7 +182,9 @@ class DistillConfig:
 class StageConfig:
     """Optimisation of one stage: AdamW(lr, weight_decay), MultiStepLR(milestones, gamma) stepped per epoch,
     ``lr`` applies at ``base_batch_size`` total batch and is scaled linearly with the real total batch
-    (null = no scaling). ``grad_clip``: max grad norm (null = off). ``amp``: fp16 autocast on CUDA only.
+    (``lr * batch_size * world_size / base_batch_size``; null = no scaling, ``lr`` as given). The trainer prints
+    the effective lr and the batch it was scaled from at the start of each stage. Reference student: AdamW 4e-4
+    at 4 GPUs x batch 4 = 16, backbone x0.5 (``student.backbone_lr_mult``). ``grad_clip``: max grad norm (null = off). ``amp``: fp16 autocast on CUDA only.
     ``max_iters_per_epoch``: cap for tests and benchmarks (null = the whole split).
     ``init_checkpoint``: optional weights to start from; ``teacher_checkpoint`` / ``label_encoder_checkpoint``:
     the frozen inputs of later stages (default: the earlier stages' ``final.pt`` under ``trainer.work_dir``)."""
@@ -185,7 +225,9 @@ class TrainerConfig:
     """``work_dir``: outputs (``<work_dir>/<stage>/``). ``ema_decay`` 0.999 with BEVDepth's ramp
     ``decay * (1 - exp(-updates / ema_ramp))``. ``frozen_bn``: ``eval`` (recommended, running statistics) or
     ``train`` (what the reference most likely did: batch statistics, no parameter updates). ``eval_at_end``:
-    DetectionEval on the val split after the last epoch. ``progress``: tqdm bars."""
+    DetectionEval on the val split after the last epoch. ``progress``: tqdm bars. ``keep_checkpoints``: how many
+    per-epoch weight files (``epoch_NNN.pt``) to keep, the newest (``last.pt`` and the final weights are always
+    kept; 0 = none)."""
 
     work_dir: str = "work_dirs/labeldistill"
     seed: int = 0
@@ -196,6 +238,7 @@ class TrainerConfig:
     eval_at_end: bool = True
     progress: bool = True
     deterministic: bool = False
+    keep_checkpoints: int = 3
 
 
 @dataclass
@@ -338,3 +381,10 @@ def _validate(cfg: TrainConfig, src: str) -> None:
     _check(tr.ema_ramp >= 0, src, "'trainer.ema_ramp' must be >= 0")
     _check(tr.frozen_bn in ("eval", "train"), src, f"'trainer.frozen_bn' must be eval or train, got {tr.frozen_bn!r}")
     _check(tr.log_interval >= 1, src, "'trainer.log_interval' must be >= 1")
+    _check(tr.keep_checkpoints >= 0, src, f"'trainer.keep_checkpoints' must be >= 0, got {tr.keep_checkpoints}")
+    ud = cfg.distill.unidistill
+    _check(ud.grad_clip is None or ud.grad_clip > 0, src, "'distill.unidistill.grad_clip' must be > 0 or null")
+    _check(ud.iou_aware_weight >= 0, src, "'distill.unidistill.iou_aware_weight' must be >= 0")
+    pb = cfg.student.pretrained_backbone
+    _check(pb is None or (isinstance(pb, str) and pb.strip() != ""), src,
+           "'student.pretrained_backbone' must be a path to a torchvision ResNet state_dict file or null")

@@ -17,11 +17,16 @@ Outputs under ``<trainer.work_dir>/<stage>/``:
 
 * ``last.pt``: full training state after the last completed epoch (model, EMA, optimizer, scaler, epoch, step,
   config, format version), written atomically (temp file + ``os.replace``) at the end of every epoch. A run
-  that finds it resumes at the next epoch, so a kill loses at most the current epoch.
-* ``epoch_NNN.pt``: the weights after epoch NNN (EMA weights when EMA is on), also atomic.
-* ``final.pt``: the deliverable weights (EMA when on) that later stages load: teacher, label encoder, or the
-  student (+ distiller adaptors); the student stage also writes ``student.pt`` in the runtime's checkpoint
-  format (:func:`labeldistill_ros.model.checkpoint.save_checkpoint`), which the ROS node loads.
+  that finds it resumes at the next epoch, so a kill loses at most the current epoch. Resuming needs only it.
+* ``epoch_NNN.pt``: the weights after epoch NNN (EMA weights when EMA is on), also atomic; only the newest
+  ``trainer.keep_checkpoints`` (3) are kept, older ones are deleted after each save.
+* ``final.pt``: the deliverable weights (EMA when on) that later stages load: teacher or label encoder.
+* Student stage: ``student.pt`` is the deliverable, written once by the runtime's own writer
+  (:func:`labeldistill_ros.model.checkpoint.save_checkpoint`, what the ROS node loads) with the trainer's
+  additions in its ``extra`` (``stage``, ``method``, ``epoch``, ``train_config``, ``distiller``: the adaptor
+  weights). ``final.pt`` is a relative symlink to it (a copy where the file system has no symlinks), so
+  ``<work_dir>/<stage>/final.pt`` names every stage's result and nothing is stored twice. The student's
+  ``epoch_NNN.pt`` use the same format, so the node can load any kept epoch.
 * ``log.csv`` (one row per ``log_interval`` steps and per epoch end) and ``loss_curves.png`` (plus TensorBoard
   scalars under ``tb/`` when the ``tensorboard`` package is importable).
 * ``metrics.json``: DetectionEval (mAP, NDS, ...) on the val split after the last epoch.
@@ -37,6 +42,7 @@ import os
 import random
 import signal
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -78,7 +84,10 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 
 def load_checkpoint(path: Path, expect_kind: Optional[str] = None) -> dict:
-    """Load a checkpoint written here with ``weights_only=True``; check format version and kind."""
+    """Load a checkpoint written here with ``weights_only=True``; check format version and kind.
+
+    The student's weights files are the runtime's checkpoint format (no ``kind``; ``model_config``, ``extra``):
+    they are checked against the runtime's format version and returned with ``kind: "student"``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -86,12 +95,34 @@ def load_checkpoint(path: Path, expect_kind: Optional[str] = None) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupted / truncated / not a torch file
         raise RuntimeError(f"cannot read checkpoint {path}: {e}") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format_version") != CHECKPOINT_FORMAT:
+    if isinstance(ckpt, dict) and "kind" not in ckpt and "model_config" in ckpt and "extra" in ckpt:
+        from labeldistill_ros.model.checkpoint import FORMAT_VERSION
+
+        if ckpt.get("format_version") != FORMAT_VERSION:
+            raise RuntimeError(f"{path}: student checkpoint format {ckpt.get('format_version')!r}, the runtime "
+                               f"reads format {FORMAT_VERSION}")
+        ckpt = {**ckpt, "kind": "student"}
+    elif not isinstance(ckpt, dict) or ckpt.get("format_version") != CHECKPOINT_FORMAT:
         got = ckpt.get("format_version") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise RuntimeError(f"{path}: checkpoint format {got!r}, this trainer reads format {CHECKPOINT_FORMAT}")
     if expect_kind is not None and ckpt.get("kind") != expect_kind:
         raise RuntimeError(f"{path}: holds a {ckpt.get('kind')!r} checkpoint, expected {expect_kind!r}")
     return ckpt
+
+
+def link_or_copy(target: Path, link: Path) -> None:
+    """``link`` -> ``target`` as a relative symlink (same folder), replacing whatever ``link`` was; a copy where
+    symlinks are not available."""
+    link = Path(link)
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.lnk")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.symlink(os.path.relpath(target, link.parent), tmp)
+    except (OSError, NotImplementedError):
+        import shutil
+
+        shutil.copyfile(target, tmp)
+    os.replace(tmp, link)
 
 
 def seed_everything(seed: int) -> None:
@@ -181,12 +212,76 @@ def build_student(model_cfg):
     return StudentDetector.from_config(model_cfg)
 
 
+def distiller_for(cfg: TrainConfig, model_cfg, student: nn.Module) -> nn.Module:
+    """The distiller of ``cfg.distill.method`` sized for ``student`` (a built :class:`StudentDetector`)."""
+    d = cfg.distill
+    return build_distiller(d.method, (model_cfg.bev_channels, model_cfg.bev_trunk.base_channels),
+                           cfg.teacher.encoder_channels, cfg.teacher.backbone_channels, bev_grid(model_cfg),
+                           d.labeldistill, d.unidistill, d.cmkd, d.stereodistill,
+                           feature_channels=student.bev_encoder.out_channels,
+                           num_tasks=len(model_cfg.head.task_groups), head_channels=model_cfg.head.head_conv_channels)
+
+
 def weights_checkpoint(kind: str, state_dict: dict, cfg: TrainConfig, model_cfg, epoch: int, **extra) -> dict:
     from labeldistill_ros.model.config import model_config_to_dict
 
     return {"format_version": CHECKPOINT_FORMAT, "kind": kind, "epoch": epoch, "state_dict": state_dict,
             "train_config": config_to_dict(cfg), "model_config": model_config_to_dict(model_cfg),
             "class_names": list(model_cfg.class_names), **extra}
+
+
+def save_student_weights(path: Path, trainable: nn.Module, cfg: TrainConfig, epoch: int) -> None:
+    """The student stage's weights file, written by the runtime's own writer
+    (:func:`labeldistill_ros.model.checkpoint.save_checkpoint`: what the node loads) with the trainer's
+    additions in its ``extra``: ``stage``, ``method``, ``epoch`` (1-based, epochs completed), ``train_config`` and
+    ``distiller`` (the distiller's trainable weights, e.g. LabelDistill's adaptors).
+
+    ``trainable``: the stage's ``{"student": StudentDetector, "distiller": ...}`` ModuleDict (or its EMA copy)."""
+    from labeldistill_ros.model.checkpoint import save_checkpoint
+
+    distiller = {k: v.detach().cpu() for k, v in trainable["distiller"].state_dict().items()}
+    save_checkpoint(path, trainable["student"], extra={
+        "stage": "student", "method": cfg.distill.method, "epoch": epoch + 1, "train_config": config_to_dict(cfg),
+        "distiller": distiller})
+
+
+def trainable_state_from_checkpoint(ckpt: dict) -> dict:
+    """Keys of the student stage's trainable ModuleDict (``student.*``, ``distiller.*``) from a student weights
+    file (:func:`save_student_weights`, any runtime ``student.pt``) or an older trainer file (prefixed keys, or the
+    distiller under a top-level ``distiller``)."""
+    sd = ckpt["state_dict"]
+    if any(k.startswith(("student.", "distiller.")) for k in sd):
+        return dict(sd)
+    out = {f"student.{k}": v for k, v in sd.items()}
+    distiller = ckpt.get("distiller") or (ckpt.get("extra") or {}).get("distiller") or {}
+    out.update({f"distiller.{k}": v for k, v in distiller.items()})
+    return out
+
+
+SCRATCH_R50_WARNING = (
+    "training a ResNet-50 student from random initialisation: the reference (LabelDistill / BEVDepth) starts the "
+    "image backbone from torchvision's ImageNet weights. Get torchvision's ResNet50_Weights.IMAGENET1K_V1 file "
+    "(resnet50-0676ba61.pth, https://download.pytorch.org/models/resnet50-0676ba61.pth; IMAGENET1K_V2 is "
+    "resnet50-11ad3fa6.pth) on a machine with internet access, e.g. `python -c \"import torchvision; "
+    "torchvision.models.resnet50(weights='IMAGENET1K_V1')\"` (lands in ~/.cache/torch/hub/checkpoints/), copy "
+    "it here and set student.pretrained_backbone: /path/resnet50-0676ba61.pth")
+
+
+def load_pretrained_backbone(student: nn.Module, cfg: TrainConfig, log: Callable[[str], None] = print) -> bool:
+    """ImageNet initialisation of the student's image backbone from ``student.pretrained_backbone`` (a torchvision
+    ResNet state_dict file). Returns whether weights were loaded. Without a file, a depth-50 student that also has
+    no ``stages.student.init_checkpoint`` triggers one warning (``warnings`` + ``log``): the reference starts from
+    ImageNet weights. The LiDAR teacher and the label encoder have no image backbone: only the student is touched."""
+    path = cfg.student.pretrained_backbone
+    if path:
+        resolved = Path(resolve_path(cfg, path))
+        student.backbone.load_torchvision_state_dict(resolved, source=f"student.pretrained_backbone {resolved}")
+        log(f"[student] image backbone initialised from {resolved} (torchvision ResNet-{student.backbone.depth})")
+        return True
+    if student.backbone.depth == 50 and not cfg.stages.student.init_checkpoint:
+        warnings.warn(SCRATCH_R50_WARNING, UserWarning, stacklevel=2)
+        log(f"[student] WARNING: {SCRATCH_R50_WARNING}")
+    return False
 
 
 # ================================================================================================================
@@ -434,10 +529,9 @@ class Trainer:
                                      CenterPointLoss(cfg.label_encoder.code_weights), self.grid, ncls,
                                      cfg.label_encoder.footprint_scale)
         student = build_student(mcfg)
+        load_pretrained_backbone(student, cfg, self._print)  # before init_checkpoint / resume, which win
         d = cfg.distill
-        distiller = build_distiller(d.method, (mcfg.bev_channels, mcfg.bev_trunk.base_channels),
-                                    cfg.teacher.encoder_channels, cfg.teacher.backbone_channels, self.grid,
-                                    d.labeldistill, d.unidistill, d.cmkd, d.stereodistill)
+        distiller = distiller_for(cfg, mcfg, student)
         teacher = Frozen(self._load_frozen_teacher(), bn) if distiller.needs_teacher else None
         label_encoder = None
         if distiller.needs_label_encoder:
@@ -472,6 +566,33 @@ class Trainer:
         if s.base_batch_size:
             return s.lr * self.cfg.loader.batch_size * self.dist.world / s.base_batch_size
         return s.lr
+
+    def grad_clip(self) -> Optional[float]:
+        """Max gradient norm of this stage: ``stages.<stage>.grad_clip``, replaced for the UniDistill student by
+        ``distill.unidistill.grad_clip`` when that is set (reference 0.1)."""
+        if self.stage == "student" and self.cfg.distill.method == "unidistill" \
+                and self.cfg.distill.unidistill.grad_clip is not None:
+            return self.cfg.distill.unidistill.grad_clip
+        return self.scfg.grad_clip
+
+    def describe_lr(self) -> str:
+        """One line: the effective lr and where it comes from (printed at the start of each stage)."""
+        s = self.scfg
+        total = self.cfg.loader.batch_size * self.dist.world
+        lr = self.base_lr()
+        if s.base_batch_size:
+            src = (f"stages.{self.stage}.lr {s.lr:g} at base batch {s.base_batch_size}, scaled x{total}/"
+                   f"{s.base_batch_size} to the total batch {total} ({self.cfg.loader.batch_size} x "
+                   f"{self.dist.world} process{'es' if self.dist.world > 1 else ''})")
+        else:
+            src = f"stages.{self.stage}.lr {s.lr:g} as given (no base_batch_size: not scaled; total batch {total})"
+        msg = f"[{self.stage}] lr {lr:.4g} = {src}; {lr / total:.3g} per sample"
+        if self.stage == "student":
+            msg += f"; image backbone/neck/depth net x{self.cfg.student.backbone_lr_mult:g} = " \
+                   f"{lr * self.cfg.student.backbone_lr_mult:.4g}"
+        clip = self.grad_clip()
+        msg += f"; grad clip {clip:g}" if clip else "; no grad clip"
+        return msg
 
     def lr_at_epoch(self, epoch: int) -> float:
         """MultiStepLR: ``lr * gamma ** #(milestones <= epoch)`` with 0-based epochs (reference semantics)."""
@@ -511,9 +632,11 @@ class Trainer:
         stage = self.build_stage().to(dev)
         trainable = stage.trainable()
         if scfg.init_checkpoint:
-            sd = load_checkpoint(Path(resolve_path(cfg, scfg.init_checkpoint)))["state_dict"]
+            ck = load_checkpoint(Path(resolve_path(cfg, scfg.init_checkpoint)))
+            sd = trainable_state_from_checkpoint(ck) if self.stage == "student" else ck["state_dict"]
             missing, unexpected = trainable.load_state_dict(sd, strict=False)
             self._print(f"init from {scfg.init_checkpoint}: {len(missing)} missing, {len(unexpected)} unexpected keys")
+        self._print(self.describe_lr())
         opt = self.build_optimizer(trainable)
         scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         ema = ModelEMA(trainable, cfg.trainer.ema_decay, cfg.trainer.ema_ramp) if scfg.ema else None
@@ -540,6 +663,7 @@ class Trainer:
                 stage, device_ids=[dev.index] if dev.type == "cuda" else None,
                 find_unused_parameters=self.stage == "student")
         kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
+        grad_clip = self.grad_clip()
         step_times: list[float] = []
         for epoch in range(start_epoch, scfg.epochs):
             seed_everything(cfg.trainer.seed * 1000003 + epoch * 1009 + self.dist.rank)
@@ -565,9 +689,9 @@ class Trainer:
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 gnorm = float("nan")
-                if scfg.grad_clip:
+                if grad_clip:
                     scaler.unscale_(opt)
-                    gnorm = float(torch.nn.utils.clip_grad_norm_(trainable.parameters(), scfg.grad_clip))
+                    gnorm = float(torch.nn.utils.clip_grad_norm_(trainable.parameters(), grad_clip))
                 scaler.step(opt)
                 scaler.update()
                 if ema is not None:
@@ -617,32 +741,38 @@ class Trainer:
             dist.barrier()
         return summary
 
+    def _save_weights(self, module: nn.Module, epoch: int, path: Path) -> None:
+        if self.stage == "student":
+            save_student_weights(path, module, self.cfg, epoch)
+        else:
+            atomic_save(weights_checkpoint(self.stage, module.state_dict(), self.cfg, self.model_cfg, epoch), path)
+
     def _save_epoch(self, trainable, opt, scaler, ema, epoch: int, step: int) -> None:
-        weights = (ema.ema if ema is not None else trainable).state_dict()
-        atomic_save(weights_checkpoint(self.stage, weights, self.cfg, self.model_cfg, epoch),
-                    self.out_dir / f"epoch_{epoch + 1:03d}.pt")
+        keep = self.cfg.trainer.keep_checkpoints
+        if keep > 0:
+            self._save_weights(ema.ema if ema is not None else trainable, epoch,
+                               self.out_dir / f"epoch_{epoch + 1:03d}.pt")
         state = {"format_version": CHECKPOINT_FORMAT, "kind": f"{self.stage}_state", "epoch": epoch,
                  "global_step": step, "model": trainable.state_dict(), "optimizer": opt.state_dict(),
                  "ema": ema.state_dict() if ema is not None else None,
                  "scaler": scaler.state_dict() if self.use_amp else None,
                  "train_config": config_to_dict(self.cfg)}
         atomic_save(state, self.out_dir / "last.pt")
+        self._prune_epochs(keep)
+
+    def _prune_epochs(self, keep: int) -> None:
+        """Delete all but the newest ``keep`` ``epoch_NNN.pt`` (after the new one and ``last.pt`` are on disk)."""
+        epochs = sorted(p for p in self.out_dir.glob("epoch_*.pt") if p.stem[len("epoch_"):].isdigit())
+        for p in epochs[: max(0, len(epochs) - keep)]:
+            p.unlink(missing_ok=True)
 
     def _save_final(self, module: nn.Module, epoch: int) -> None:
-        sd = module.state_dict()
-        if self.stage == "student":
-            student_sd = {k[len("student."):]: v for k, v in sd.items() if k.startswith("student.")}
-            distiller_sd = {k[len("distiller."):]: v for k, v in sd.items() if k.startswith("distiller.")}
-            ck = weights_checkpoint("student", student_sd, self.cfg, self.model_cfg, epoch,
-                                    distiller=distiller_sd, method=self.cfg.distill.method)
-            # the deployable student in the runtime's own checkpoint format (what the ROS node loads)
-            from labeldistill_ros.model.checkpoint import save_checkpoint
-
-            save_checkpoint(self.out_dir / "student.pt", module["student"],
-                            extra={"method": self.cfg.distill.method, "epoch": epoch + 1, "stage": "student"})
-        else:
-            ck = weights_checkpoint(self.stage, sd, self.cfg, self.model_cfg, epoch)
-        atomic_save(ck, self.out_dir / "final.pt")
+        if self.stage != "student":
+            self._save_weights(module, epoch, self.out_dir / "final.pt")
+            return
+        # one file: the node's student.pt, which is also what later tools read as <work_dir>/student/final.pt
+        self._save_weights(module, epoch, self.out_dir / "student.pt")
+        link_or_copy(self.out_dir / "student.pt", self.out_dir / "final.pt")
 
     # ---------------------------------------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -842,4 +972,29 @@ def run_detection_eval(cfg: TrainConfig, model_cfg, preds: list[dict], out_dir: 
     res = evaluate_results(results, nusc, dc.val_split, out_dir, validate=True)
     return {"mAP": res.mAP, "NDS": res.NDS, **{k: v for k, v in res.tp_errors.items()},
             "class_ap": res.class_ap, "num_samples": res.num_samples,
-            "num_samples_without_results": res.num_samples_without_results}
+            "num_samples_without_results": res.num_samples_without_results,
+            "per_class_max_recall": per_class_max_recall(Path(out_dir) / "metrics_details.json")}
+
+
+MIN_RECALL = 0.1
+"""nuScenes' AP ignores the PR curve below 10 % recall (``detection_cvpr_2019``: ``min_recall`` 0.1): a class
+whose detections never reach it scores AP 0 whatever their precision."""
+
+
+def per_class_max_recall(metrics_details: Path, dist_th: float = 2.0) -> dict:
+    """Per class, the highest recall its PR curve reaches at the ``dist_th`` metre matching threshold, from the
+    devkit's ``metrics_details.json`` (``DetectionMetricData``: recall on a 101-point grid, confidence 0 past the
+    last detection, the devkit's own ``max_recall``). Empty when the file is missing."""
+    try:
+        details = json.loads(Path(metrics_details).read_text())
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    for key, md in details.items():
+        cls, _, th = key.rpartition(":")
+        if abs(float(th) - dist_th) > 1e-9:
+            continue
+        conf = np.asarray(md["confidence"], dtype=float)
+        nz = np.nonzero(conf)[0]
+        out[cls] = float(md["recall"][int(nz[-1])]) if len(nz) else 0.0
+    return out

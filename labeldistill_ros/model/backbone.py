@@ -112,11 +112,45 @@ class ResNet(nn.Module):
             outs.append(x)
         return outs
 
-    def load_torchvision_state_dict(self, state_dict: dict[str, torch.Tensor] | str | Path) -> None:
-        """Load a torchvision ``resnet{18,34,50}`` state_dict (or a path to one saved with ``torch.save``).
+    def load_torchvision_state_dict(self, state_dict: dict[str, torch.Tensor] | str | Path,
+                                    source: str | None = None) -> None:
+        """Load a torchvision ``resnet{18,34,50}`` state_dict (or a path to a file saved with ``torch.save``).
 
-        The classifier (``fc.*``) is dropped; every other key must match exactly (``strict=True``).
+        Accepts a plain state_dict or a dict holding it under ``"state_dict"`` (read with ``weights_only=True``).
+        The classifier (``fc.*``) is dropped; every other key must match exactly, with equal shapes. Anything else
+        raises ``ValueError`` naming the file (``source``) and the missing / unexpected / mis-shaped keys.
         """
         if not isinstance(state_dict, dict):
-            state_dict = torch.load(state_dict, map_location="cpu", weights_only=True)
-        self.load_state_dict({k: v for k, v in state_dict.items() if not k.startswith("fc.")}, strict=True)
+            source = source or str(state_dict)
+            try:
+                state_dict = torch.load(state_dict, map_location="cpu", weights_only=True)
+            except FileNotFoundError as e:
+                raise ValueError(f"{source}: no such torchvision ResNet state_dict file") from e
+            except Exception as e:  # corrupted, truncated, not a torch file, pickled objects
+                raise ValueError(f"{source}: cannot read a torchvision ResNet state_dict: "
+                                 f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        source = source or "<state_dict>"
+        if isinstance(state_dict, dict) and isinstance(state_dict.get("state_dict"), dict):
+            state_dict = state_dict["state_dict"]
+        if not isinstance(state_dict, dict) or not all(torch.is_tensor(v) for v in state_dict.values()):
+            raise ValueError(f"{source}: expected a torchvision ResNet state_dict (parameter name -> tensor), "
+                             f"got {type(state_dict).__name__}")
+        sd = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+        own = self.state_dict()
+        missing = sorted(set(own) - set(sd))
+        unexpected = sorted(set(sd) - set(own))
+        shapes = [f"{k}: file {tuple(sd[k].shape)}, ResNet-{self.depth} {tuple(v.shape)}"
+                  for k, v in own.items() if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
+        problems = []
+        if missing:
+            problems.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''} ({len(missing)})")
+        if unexpected:
+            problems.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''} "
+                            f"({len(unexpected)})")
+        if shapes:
+            problems.append(f"shape mismatches {shapes[:5]}{' ...' if len(shapes) > 5 else ''} ({len(shapes)})")
+        if problems:
+            raise ValueError(f"{source} does not fit a torchvision ResNet-{self.depth} backbone (torchvision key "
+                             f"names, e.g. 'conv1.weight', 'layer1.0.bn1.running_mean'; 'fc.*' ignored): "
+                             + "; ".join(problems))
+        self.load_state_dict(sd, strict=True)

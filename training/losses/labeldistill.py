@@ -7,7 +7,8 @@ Notation: ``M0 = sum_c H_gt[c]`` (the GT Gaussian heatmaps of all tasks summed, 
   outputs, S = LiDAR-adaptor outputs (soft mask); weight 0.3.
 * Label feature loss: the same with T = label-encoder outputs, S = label-adaptor outputs, binary mask; weight 0.3.
 * Response loss per task: ``GaussianFocal(clip_sigmoid(z_s), clip_sigmoid(z_t) * H_gt) / max(1, #(H_gt == 1))
-  + 0.25 * sum_o sum_j cw_j |r_s - r_t| / max(#objects, 1e-4)`` at the GT centre cells; weight 1.
+  + 0.25 * sum_o sum_j cw_j |r_s - r_t| / max(#objects, 1e-4)`` at the GT centre cells, elements whose GT code
+  value is NaN masked out (the reference's ``mask *= isnotnan(target_box)``); weight 1.
   The focal positive term fires only where the target is exactly 1, which ``p_t * H_gt`` never is: this is
   the reference's literal behaviour (``response_hm_mode="literal"``). ``"teacher_pos"`` (a deviation) instead
   uses GT peaks as positives: target = ``H_gt`` where ``H_gt == 1`` else ``p_t * H_gt``.
@@ -67,9 +68,12 @@ def response_loss(student_heads: Sequence[dict], teacher_heads: Sequence[dict], 
         total = total + gaussian_focal_loss(p_s, target) / n_pos
         r_s = gather_feat(concat_regression(s).float(), tgt.ind)
         r_t = gather_feat(concat_regression(t).float(), tgt.ind).detach()
-        m = tgt.mask.float().unsqueeze(-1)
+        # the reference's ``mask *= isnotnan(GT)``: a GT code element that is NaN (e.g. an unknown velocity) drops
+        # that element of the KD term too; the normaliser stays the object count
+        m = tgt.mask.unsqueeze(-1) & ~torch.isnan(tgt.box)
         cw = torch.as_tensor(code_weights, dtype=r_s.dtype, device=r_s.device)
-        total = total + reg_weight * (torch.abs(r_s - r_t) * m * cw).sum() / tgt.mask.float().sum().clamp(min=1e-4)
+        diff = torch.where(m, torch.abs(r_s - r_t), torch.zeros_like(r_s))
+        total = total + reg_weight * (diff * cw).sum() / tgt.mask.float().sum().clamp(min=1e-4)
     return total
 
 
