@@ -215,6 +215,9 @@ class NodeHarness:
             # Functional tests compare whole sets with the offline Detector: a set that lost an image in transport
             # is dropped (and sent again) instead of being run without that camera (the node's default).
             "missing_camera_policy": "drop_set",
+            # No /tf map -> base_link in most tests (a static rig): ego-motion compensation off on purpose. Tests of
+            # the compensation set fixed_frame and publish the poses (test_real_parity.py).
+            "fixed_frame": "",
         }
         params.update(overrides or {})
         params = {k: v for k, v in params.items() if v is not None}

@@ -113,6 +113,8 @@ def test_label_info_maps_ids_to_class_names():
     ({"images": 60, "published": 9, "dropped": 1}, True, m.WARN, "incomplete sets dropped"),
     ({"images": 60, "published": 9, "partial": 1}, True, m.WARN, "without some cameras"),
     ({"images": 60, "published": 0}, True, m.WARN, "no set was published"),
+    ({"images": 60, "published": 10, "uncompensated_sets": 10}, True, m.WARN, "10 sets without ego-motion"),
+    ({"images": 60, "published": 10, "temporal_fallback_sets": 1}, True, m.WARN, "previous frames had no history"),
 ])
 def test_diagnostic_levels(window, ready, level, text):
     lv, msg = m.diagnostic_level(window, ready)

@@ -1,5 +1,6 @@
 """What a vehicle user hits first, with the node's own defaults (node in its own process, real rclpy): `device: auto`
-on a machine without CUDA warns once at start-up and in /diagnostics; a dead camera does not stop the output
+on a machine without CUDA warns once at start-up and in /diagnostics; `fixed_frame: map` absent from TF falls back
+to the static extrinsics and says so; a dead camera does not stop the output
 (missing_camera_policy skip_camera) and is named in /diagnostics; markers are built only for subscribers and live
 about three output periods; inference slower than the cameras is reported against the camera set rate."""
 from __future__ import annotations
@@ -25,10 +26,12 @@ def syn(tmp_path_factory):
 @pytest.fixture(scope="module")
 def node(tmp_path_factory, syn):
     ckpt = make_checkpoint(tmp_path_factory.mktemp("ckpt") / "student.pt", seed=4)
-    # device and missing_camera_policy: None = the node's defaults (auto, skip_camera); no CUDA device visible,
-    # so auto falls back to the CPU on any machine. A short rate window keeps the lag test short.
+    # device, missing_camera_policy and fixed_frame: None = the node's defaults (auto, skip_camera, map); no CUDA
+    # device visible, so auto falls back to the CPU on any machine; no map frame on TF. A short rate window keeps
+    # the lag test short.
     h = NodeHarness(tmp_path_factory.mktemp("node"), ckpt,
-                    {"device": None, "missing_camera_policy": None, "score_threshold": 0.05, "rate_window_s": 2.0},
+                    {"device": None, "missing_camera_policy": None, "fixed_frame": None, "score_threshold": 0.05,
+                     "rate_window_s": 2.0},
                     name="veh", env={"CUDA_VISIBLE_DEVICES": ""})
     try:
         h.wait_log("ready:", 60)
@@ -154,3 +157,13 @@ def test_inference_slower_than_the_cameras_is_reported(node, syn, stamps):
     node.spin(3.0)
     st = latest_diag(node, lambda d: True)
     assert "inference lags" not in st.message and diag_values(st)["run_ratio"] == "n/a"
+
+
+def test_without_the_fixed_frame_on_tf_the_static_extrinsics_are_used_and_reported(node, syn, stamps):
+    """The default fixed_frame (map) is not on TF here: the node still answers every set (static extrinsics, as if
+    the cameras fired at once), warns in its log (throttled) and in /diagnostics, and counts the sets."""
+    n0 = len(node.diags)
+    answer(node, stamps.next(syn))
+    st = node.diag_since(n0, lambda d: "without ego-motion compensation" in d.message, 10)
+    assert st.level >= WARN and int(diag_values(st)["uncompensated_sets"]) >= 1
+    assert any("not compensated" in ln and "'map'" in ln for ln in node.lines), node.output()[-2000:]

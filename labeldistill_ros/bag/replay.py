@@ -132,7 +132,7 @@ def run_offline(bag: str | Path, checkpoint: str, device: str = "cpu", precision
                                   [(im.shape[1], im.shape[0]) for im in images],
                                   [cs.stamps_ns[j] for j in present], tf.lookup_matrix, 0.0, fixed_frame,
                                   tf.exceptions)
-                uncompensated += not c.compensated
+                uncompensated += c.uncompensated_reason is not None
                 if collector.counters.resets != resets:  # as the node: no history across a jump back
                     resets = collector.counters.resets
                     det.reset_history()

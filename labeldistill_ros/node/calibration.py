@@ -66,7 +66,8 @@ class SetCalibration:
     ``cam2target`` is ego-motion compensated to ``reference_stamp_ns`` when ``compensated``; ``ego_pose`` is
     ``T(fixed_frame <- target_frame)`` at that stamp (None when unknown); ``key`` digests the static part
     (cameras, Ks, static extrinsics): equal keys = the same rig calibration; ``changed``: it differs from the
-    previous set's. ``uncompensated_reason``: why the static extrinsics were used (None when compensated).
+    previous set's. ``uncompensated_reason``: why the static extrinsics were used although a ``fixed_frame`` was
+    given (None when compensated, or when compensation is off: ``fixed_frame`` "").
     """
 
     cameras: tuple[int, ...]
@@ -130,7 +131,7 @@ class CalibrationCache:
                 ) -> SetCalibration:
         """Calibration of ``cameras`` (indices) whose images have ``frame_ids``, ``image_sizes`` (w, h) and
         ``stamps_ns``, compensated to the latest of those stamps through ``fixed_frame`` (module docstring; ""
-        disables compensation). ``lookup(target, source, stamp_ns, timeout_s) -> 4x4`` is the TF backend's;
+        disables compensation on purpose: static extrinsics, no ``uncompensated_reason``). ``lookup(target, source, stamp_ns, timeout_s) -> 4x4`` is the TF backend's;
         ``exceptions`` are its errors: a failing fixed-frame lookup falls back to static extrinsics, a failing
         camera lookup propagates. Raises :class:`CalibrationError` (no/invalid CameraInfo, size mismatch, no
         frame id) or the TF backend's exception."""
@@ -148,7 +149,7 @@ class CalibrationCache:
             Ts.append(lookup(self.target, self.frame_of(cam, frame_id), stamp, timeout_s))
         Ks_a, static = np.stack(Ks), np.stack(Ts)
         ref = int(max(stamps_ns))
-        cam2target, pose, reason = static, None, "no fixed_frame configured"
+        cam2target, pose, reason = static, None, None  # fixed_frame "": compensation off on purpose
         if fixed_frame:
             try:
                 pose = lookup(fixed_frame, self.target, ref, timeout_s)
@@ -168,4 +169,4 @@ class CalibrationCache:
         if changed:
             self.changes += 1
             self._last_key = key
-        return SetCalibration(tuple(cameras), Ks_a, cam2target, key, changed, ref, pose, reason is None, reason)
+        return SetCalibration(tuple(cameras), Ks_a, cam2target, key, changed, ref, pose, pose is not None, reason)

@@ -207,7 +207,7 @@ class DetectorNode(Node):
             return
         if calib.changed:
             self.stats["calibration_changes"] += 1
-        if not calib.compensated:
+        if calib.uncompensated_reason is not None:  # a fixed_frame is configured but not on TF
             self.stats["uncompensated_sets"] += 1
             self._warn("compensation", "", f"ego motion between the cameras not compensated (static extrinsics): "
                                            f"{calib.uncompensated_reason}")

@@ -243,13 +243,15 @@ def diagnostic_level(window: Mapping[str, float], model_ready: bool, *, rates: M
     ``window`` holds counts since the previous report: ``nonfinite`` (boxes with NaN/inf dropped),
     ``failures`` (processing errors), ``tf_failures``, ``input_errors``, ``dropped`` (incomplete sets),
     ``partial`` (sets run without some cameras), ``late``, ``slow`` (sets above max_processing_time_ms),
+    ``uncompensated_sets`` (cameras not moved to the reference stamp: no ``fixed_frame`` on TF),
+    ``temporal_fallback_sets`` (a temporal model's previous frames without history),
     ``published`` and ``images``. ``rates`` holds counts over the longer rate window (``rate_window_s``):
     ``sets`` (camera sets handed to inference), ``superseded`` (of those, replaced by a newer set before the model
     took them), ``published`` and ``span_s``. ``missing_cameras``: camera name -> sets it was missing from over
     the rate window. ``cpu_fallback``: ``device: auto`` found no CUDA device.
 
     ERROR: no model, non-finite outputs, processing errors, or fewer than ``lag_error_ratio`` of the sets run
-    (:func:`run_ratio`). WARN: TF failures, bad inputs, dropped/partial sets, slow processing, images arriving but
+    (:func:`run_ratio`). WARN: TF failures, bad inputs, dropped/partial sets, slow processing, uncompensated or history-less sets, images arriving but
     nothing published, fewer than ``lag_warn_ratio`` of the sets run, missing cameras, the CPU fallback. A ratio
     of 0 disables its check. The summary lists every problem of the period (errors first).
     """
@@ -264,7 +266,10 @@ def diagnostic_level(window: Mapping[str, float], model_ready: bool, *, rates: M
     warns = []
     for key, text in (("tf_failures", "TF lookups failed"), ("input_errors", "bad input messages"),
                       ("calibration_errors", "bad CameraInfo"), ("dropped", "incomplete sets dropped"),
-                      ("partial", "sets run without some cameras"), ("slow", "sets over max_processing_time_ms")):
+                      ("partial", "sets run without some cameras"), ("slow", "sets over max_processing_time_ms"),
+                      ("uncompensated_sets", "sets without ego-motion compensation (fixed_frame not on TF: static "
+                                             "extrinsics)"),
+                      ("temporal_fallback_sets", "sets whose previous frames had no history (current frame used)")):
         if g(key):
             warns.append(f"{g(key):.0f} {text}")
     if g("images") and not g("published") and not warns and not errors:

@@ -143,7 +143,7 @@ SPECS: dict[str, Spec] = {
     "target_frame": Spec(str, "Frame of the published boxes (x forward, y left, z up).", _nonempty_str),
     "fixed_frame": Spec(str, "World-fixed TF frame (map, or odom without localisation) through which each camera "
                              "is moved from its own stamp to the set's reference stamp (the latest camera's); "
-                             "'' or a frame not on TF: static extrinsics, reported in /diagnostics.", lambda v: None),
+                             "a frame not on TF: static extrinsics, WARN in /diagnostics; '': compensation off.", lambda v: None),
     "sync_slop_s": Spec(float, "Largest stamp spread within one camera set, s (nuScenes: ~42 ms; must be "
                                "below the camera period).", _range(0.0, 10.0, lo_open=True)),
     "sync_timeout_s": Spec(float, "A set still incomplete this long after its first image (receive time) is "
