@@ -1,0 +1,81 @@
+"""bench/bench_distill.py's statistics over seeds (hand values) and bench/bench_distill_probe.py's parameter groups
+and per-term gradients on the real student (no training, no data set)."""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO / "test"))
+import bench_distill  # noqa: E402
+import bench_distill_probe  # noqa: E402
+
+
+def _run(seed, nds, map_, step, recall):
+    return {"seed": seed, "NDS": nds, "mAP": map_, "step_ms": step, "steps": 10, "wall_s": 1.0,
+            "tp_errors": {"trans_err": 1.0}, "class_ap": {}, "per_class_max_recall": recall}
+
+
+def test_seed_statistics_and_paired_gain():
+    runs = {"none": [_run(0, 0.10, 0.02, 100.0, {"car": 0.30, "bicycle": 0.0}),
+                     _run(1, 0.14, 0.04, 100.0, {"car": 0.50, "bicycle": 0.04})],
+            "labeldistill": [_run(0, 0.13, 0.03, 120.0, {"car": 0.40, "bicycle": 0.08}),
+                             _run(1, 0.15, 0.05, 130.0, {"car": 0.60, "bicycle": 0.12})]}
+    res = bench_distill.summarise(runs)
+    b, m = res["none"], res["labeldistill"]
+    assert b["NDS"] == pytest.approx(0.12) and b["NDS_std"] == pytest.approx(math.sqrt(2) * 0.02)
+    assert m["NDS"] == pytest.approx(0.14) and m["mAP"] == pytest.approx(0.04)
+    # paired per-seed gains 3 and 1 points: mean 2, sample std sqrt(2), standard error sqrt(2) / sqrt(2) = 1
+    assert m["gain_NDS_pts"] == pytest.approx(2.0) and m["gain_NDS_se"] == pytest.approx(1.0)
+    assert m["gain_mAP_pts"] == pytest.approx(1.0) and m["gain_mAP_se"] == pytest.approx(0.0, abs=1e-9)
+    assert m["step_ms"] == pytest.approx(125.0) and m["step_time_ratio"] == pytest.approx(1.25)
+    assert m["per_class_max_recall"] == pytest.approx({"car": 0.5, "bicycle": 0.1})
+    assert b["classes_under_min_recall"] == ["bicycle"] and m["classes_under_min_recall"] == []
+    assert [r["seed"] for r in m["seeds"]] == [0, 1]
+    text = bench_distill.tables(res)
+    assert "bicycle" in text and "2.0*" in text and "+2.00" in text
+    one = bench_distill.summarise({k: v[:1] for k, v in runs.items()})
+    assert one["labeldistill"]["NDS_std"] is None and one["labeldistill"]["gain_NDS_se"] is None
+    assert "n/a" in bench_distill.tables(one)
+
+
+def test_probe_groups_and_per_term_gradients():
+    """The probe's groups exist on the real student, and each term's gradient is that term's alone: the detection
+    gradient does not reach the depth net's depth-only path differently from a direct autograd call."""
+    from labeldistill_ros.model.config import load_model_config
+    from labeldistill_training.losses.depth import DepthLoss
+    from labeldistill_training.losses.detection import CenterPointLoss, CenterPointTargetAssigner
+    from labeldistill_training.trainer import StudentStage, bev_grid, build_student, task_class_ids
+    from test_distill import _batch
+
+    torch.manual_seed(0)
+    mcfg = load_model_config(REPO / "config/model/r18_128x352_cpu.yaml")
+    student = build_student(mcfg)
+    groups = bench_distill_probe.group_params(student)
+    assert set(groups) == {"depth_net", "image_stem_stage1", "bev_trunk_stage1", "head"}
+    grid = bev_grid(mcfg)
+    dn = mcfg.depth_net
+    from labeldistill_training.distill import NoDistill
+
+    stage = StudentStage(student, NoDistill(), None, None, CenterPointTargetAssigner(grid, task_class_ids(mcfg)),
+                         CenterPointLoss(), DepthLoss(dn.depth_bound[0], dn.depth_bound[2], dn.num_bins, 16), grid,
+                         10, 0.5)
+    batch = _batch()
+    torch.manual_seed(0)  # the depth net's ASPP has dropout: the same draws for the direct call below
+    res = bench_distill_probe.probe(stage, [batch], groups)
+    assert set(res) == {"detection", "depth"}
+    assert res["detection"]["groups"]["head"]["cos_det"] == pytest.approx(1.0)
+    assert res["depth"]["groups"]["head"]["norm"] == 0.0 and res["depth"]["groups"]["head"]["cos_det"] is None
+    assert res["depth"]["groups"]["depth_net"]["norm"] > 0
+    # the detection term's head gradient equals a direct autograd call on the same forward
+    torch.manual_seed(0)
+    stage.train()
+    _, parts = stage(batch)
+    g = torch.autograd.grad(parts["det_hm"] + parts["det_reg"], groups["head"])
+    assert res["detection"]["groups"]["head"]["norm"] == pytest.approx(float(torch.cat([x.reshape(-1) for x in g]).norm()),
+                                                                      rel=1e-4)
