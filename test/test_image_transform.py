@@ -93,14 +93,45 @@ def test_prefiltering_only_the_rows_the_crop_keeps_equals_prefiltering_everythin
     img = _smooth(rng, (900, 1600))
     t = ImageTransform((256, 704))
     plan = t.plan((900, 1600), t.ida(1600, 900))
-    assert plan.first_row > 0, "the row-cropped fast path should apply to nuScenes images"
+    assert 0 < plan.first_row and plan.last_row < 900, "the band fast path should apply to nuScenes images"
+    assert plan.shift is not None, "a pure scale + crop takes the lerp specialisation"
     fast = t(img)
-    rows_kept, width = plan.prefilter_size
+    rows_band, width = plan.prefilter_size
     rows_all = round(900 * width / 1600)
-    full_plan = dataclasses.replace(plan, prefilter_size=(rows_all, width), first_row=0, grid=plan.grid.clone())
-    full_plan.grid[..., 1] = ((plan.grid[..., 1] + 1) * rows_kept / 2 + rows_all - rows_kept) * 2 / rows_all - 1
-    t._plans[next(reversed(t._plans))] = full_plan
-    assert (fast - t(img)).abs().max().item() < 1e-4  # float rounding of the re-expressed grid, far below a grey level
+    r0 = plan.first_row * rows_all // 900
+    band_general = dataclasses.replace(plan, shift=None)
+    full_plan = dataclasses.replace(plan, prefilter_size=(rows_all, width), first_row=0, last_row=None, shift=None,
+                                    grid=plan.grid.clone())
+    full_plan.grid[..., 1] = ((plan.grid[..., 1] + 1) * rows_band / 2 + r0) * 2 / rows_all - 1
+    key = next(reversed(t._plans))
+    t._plans[key] = band_general
+    general = t(img)
+    t._plans[key] = full_plan
+    full = t(img)
+    # float rounding of the re-expressed grid / the lerp weights, far below a grey level
+    assert (fast - general).abs().max().item() < 1e-4
+    assert (general - full).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("hw,size,scale,crop", [((900, 1600), (128, 352), 1.0, 0.11), ((900, 1600), (256, 704), 1.0, 0.11),
+                                                ((225, 400), (128, 352), 1.0, 0.11), ((960, 1280), (256, 704), 1.0, 0.0),
+                                                ((900, 1600), (256, 704), 1.1, 0.2), ((720, 1280), (128, 352), 0.9, 0.05)])
+def test_scale_and_crop_specialisation_equals_the_general_path(hw, size, scale, crop):
+    """Inference's ida (no rotation, no flip): the band + lerp path gives grid_sample's tensor, also at the image
+    border (a sample less than a pixel outside clamps to the edge) and for upscaling, non-default resize and crop."""
+    rng = np.random.default_rng(2)
+    img = _smooth(rng, hw)
+    t = ImageTransform(size, ImageTransformConfig(resize_scale=scale, bottom_crop=crop))
+    ida = t.ida(hw[1], hw[0])
+    plan = t.plan(hw, ida)
+    band = torch.from_numpy(img[plan.first_row:plan.last_row])
+    general = t.apply(band, dataclasses.replace(plan, shift=None))
+    out = t(img)
+    assert (out - general).abs().max().item() < 1e-4
+    assert (out - _reference(img, ida, size, t.config)).abs().max().item() <= GREY
+    if plan.prefilter_size is not None and abs(round(hw[1] * ida[0, 0]) / hw[1] - ida[0, 0]) < 1e-12 \
+            and abs(round(hw[0] * ida[1, 1]) / hw[0] - ida[1, 1]) < 1e-12:
+        assert plan.shift is not None
 
 
 def test_the_dataset_and_the_node_give_the_same_tensor_on_the_real_key_frame(real_mini_root, tmp_path):  # noqa: F811

@@ -408,3 +408,88 @@ def test_circle_nms():
         assert got == ref
 
 
+
+
+def reference_decode(head_outputs, cfg, dec):
+    """The per-task decoding the batched one replaced (torch, one task at a time): top-k of the task's sigmoid
+    heatmap, gather, threshold, post-centre range, greedy per-class circle NMS (:func:`greedy_reference`), then the
+    ``max_detections`` best. Returns (boxes, scores, labels) sorted by descending score."""
+    from labeldistill_ros.model.decode import decode_code
+    from labeldistill_ros.model.head import REG_BRANCHES
+
+    kept = []
+    for task, group in zip(head_outputs, cfg.head.task_groups):
+        heat = torch.sigmoid(task["heatmap"].float())[0]
+        n_cls, H, W = heat.shape
+        scores, idx = heat.reshape(-1).topk(min(dec.max_candidates_per_task, n_cls * H * W))
+        pix = idx % (H * W)
+        code = torch.cat([task[name].float()[0].reshape(c, H * W) for name, c in REG_BRANCHES])[:, pix].T
+        boxes = decode_code(code, pix % W, pix // W, cfg.bev_grid).double().numpy()
+        labels = np.array([cfg.class_names.index(group[i]) for i in (idx // (H * W)).tolist()])
+        scores = scores.double().numpy()
+        lo, hi = np.array(dec.post_center_range[:3]), np.array(dec.post_center_range[3:])
+        m = (scores > dec.score_threshold) & (boxes[:, :3] >= lo).all(1) & (boxes[:, :3] <= hi).all(1)
+        boxes, scores, labels = boxes[m], scores[m], labels[m]
+        keep = greedy_reference(boxes[:, :2], scores, labels, np.array(dec.nms_radius))
+        kept += [(scores[i], labels[i], boxes[i]) for i in keep]
+    kept.sort(key=lambda t: -t[0])
+    kept = kept[: dec.max_detections]
+    return (np.array([k[2] for k in kept]).reshape(-1, 9), np.array([k[0] for k in kept]),
+            np.array([k[1] for k in kept], dtype=np.int64))
+
+
+@pytest.mark.parametrize("threshold,max_det", [(0.05, 50), (0.05, 500), (0.1, 200), (0.0, 1000)])
+def test_batched_decode_gives_the_per_task_boxes(small_cfg, small_model, threshold, max_det):
+    """One top-k over all tasks, one transfer, numpy NMS stopping at max_detections: the boxes, scores and labels
+    of the per-task decoding, on a random-weight student's real head outputs (crowded: every cell above 0.05)."""
+    torch.manual_seed(1)
+    inputs = list(example_inputs(small_cfg, 6))
+    inputs[0] = torch.randn_like(inputs[0])
+    with torch.inference_mode():
+        heads = small_model(*inputs).head_outputs
+    dec = dataclasses.replace(small_cfg.decode, score_threshold=threshold, max_detections=max_det)
+    got = decode_detections(heads, small_cfg.head.task_groups, small_cfg.class_names, small_cfg.bev_grid, dec)[0]
+    boxes, scores, labels = reference_decode(heads, small_cfg, dec)
+    assert len(got.boxes) == len(boxes)
+    np.testing.assert_allclose(got.scores.numpy(), scores, rtol=1e-6)
+    # equal scores may come in either order; compare as sets keyed by (score, label, x)
+    key = lambda s, lab, b: sorted(zip(np.round(np.float32(s), 5).tolist(), np.asarray(lab).tolist(),  # noqa: E731
+                                       np.round(np.float32(b[:, 0]), 3).tolist()))
+    assert key(got.scores.numpy(), got.labels.numpy(), got.boxes.numpy()) == key(scores, labels, boxes)
+    order_got = np.lexsort((got.boxes[:, 0].numpy(), -got.scores.numpy()))
+    order_ref = np.lexsort((boxes[:, 0], -scores))
+    np.testing.assert_allclose(got.boxes.numpy()[order_got], boxes[order_ref], atol=1e-4)
+
+
+def test_nonfinite_candidates_are_dropped_and_counted(small_cfg):
+    """Non-finite values are looked at on the gathered candidates only: a NaN peak logit or a NaN/inf code value
+    drops that candidate (counted); finite candidates decode as before."""
+    from labeldistill_ros.model.decode import gather_candidates, select_detections
+
+    boxes = np.array([[10.0, 5, 0, 4, 2, 1.5, 0, 0, 0], [-20.0, 3, 0, 4, 2, 1.5, 0, 0, 0],
+                      [0.0, -30, 0, 0.8, 0.8, 1.7, 0, 0, 0]])
+    outs = fake_head_outputs(boxes, [0, 0, 8], small_cfg)
+    cell = ((boxes[:, :2] - [small_cfg.bev_grid.x[0], small_cfg.bev_grid.y[0]]) /
+            [small_cfg.bev_grid.x[2], small_cfg.bev_grid.y[2]]).astype(int)
+    outs[0]["dim"][0, 1, cell[1, 1], cell[1, 0]] = float("nan")  # the second car's width
+    ped = next(i for i, grp in enumerate(small_cfg.head.task_groups) if "pedestrian" in grp)
+    outs[ped]["heatmap"][0, 0, 3, 3] = float("nan")  # a NaN peak elsewhere in the pedestrian task
+    cand = gather_candidates(outs, small_cfg.head.task_groups, small_cfg.class_names, small_cfg.bev_grid, 50)
+    d = select_detections(cand[0].numpy(), small_cfg.decode)
+    assert d.nonfinite == 2
+    assert len(d.boxes) == 2 and np.isfinite(d.boxes).all()
+    np.testing.assert_allclose(sorted(d.boxes[:, 0]), [0.0, 10.0], atol=1e-4)
+
+
+def test_circle_nms_stops_at_max_keep_with_the_greedy_prefix():
+    from labeldistill_ros.model.decode import circle_nms_np
+
+    rng = np.random.default_rng(3)
+    n = 700
+    xy = rng.uniform(-15, 15, (n, 2))
+    sc = rng.uniform(0, 1, n)
+    lab = rng.integers(0, 3, n)
+    rad = np.array([2.0, 1.0, 0.0])
+    full = greedy_reference(xy, sc, lab, rad)
+    for k in (1, 17, 128, 129, 300, len(full), n):
+        assert circle_nms_np(xy, sc, lab, rad, max_keep=k, chunk=64).tolist() == full[:k]

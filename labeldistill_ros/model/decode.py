@@ -1,4 +1,4 @@
-"""Box coding on the BEV grid, CenterPoint decoding and per-class circle NMS (plain torch).
+"""Box coding on the BEV grid, CenterPoint decoding and per-class circle NMS.
 
 Box code (10 values per object, the regression target of the head at the object's centre cell)::
 
@@ -8,12 +8,20 @@ with the centre cell ``(ix, iy) = floor((x - x_min) / cell_x), floor((y - y_min)
 ``(dx, dy)`` the centre's offset inside that cell in cells, in [0, 1). Decoding inverts it:
 ``x = (ix + dx) * cell_x + x_min`` (BEVDepth/CenterPoint ``CenterPointBBoxCoder``).
 Boxes are ``(x, y, z, l, w, h, yaw, vx, vy)`` in the (BEV-augmented) ego frame of the input calibration.
+
+Decoding runs in two halves. On the model's device, one top-k over every task's heatmap and a gather of the
+regression code at the peaks (:func:`gather_candidates`: a few dozen tensor ops, static shapes, nothing waits for
+the device). On the host, after one transfer of the ``tasks x k`` candidates: the finiteness check, the score
+threshold, the post-centre range, greedy per-class circle NMS stopping at ``max_detections`` and the final order
+(:func:`select_detections`, numpy). Non-finite values are only looked at on the candidates: a candidate whose peak
+logit or code is NaN/inf is dropped and counted, never decoded into a box.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from .config import BEVGridConfig, DecodeConfig
@@ -55,46 +63,144 @@ def decode_code(code: torch.Tensor, ix: torch.Tensor, iy: torch.Tensor, grid: BE
     return torch.cat([x[..., None], y[..., None], code[..., 2:3], dims, yaw[..., None], code[..., 8:10]], dim=-1)
 
 
-def task_candidates(
-    task_out: dict[str, torch.Tensor], grid: BEVGridConfig, k: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top-k (class, cell) peaks of one task's sigmoid heatmap (static shapes).
+def gather_candidates(
+    head_outputs: Sequence[dict[str, torch.Tensor]],
+    task_groups: Sequence[Sequence[str]],
+    class_names: Sequence[str],
+    grid: BEVGridConfig,
+    k: int,
+) -> torch.Tensor:
+    """Top-k (class, cell) peaks of every task at once, decoded, on the heads' device (static shapes, no host
+    synchronisation).
 
-    ``task_out``: one task's head outputs (``heatmap (B, n_cls, H, W)`` logits and the regression branches).
-    Returns ``boxes (B, k', 9)``, ``scores (B, k')``, ``labels (B, k')`` (class index within the task), with
-    ``k' = min(k, n_cls * H * W)``.
+    ``head_outputs``: one dict per task (``heatmap (B, n_cls, H, W)`` logits and the regression branches).
+    Returns ``(B, M, 12)`` float32 with ``M = tasks x k'`` (``k' = min(k, n_max * H * W)``, ``n_max`` the largest
+    class count of a task) and columns :data:`CANDIDATE_COLUMNS`: the box ``(9)``, the score (sigmoid of the
+    peak), the label (index into ``class_names``; -1 for the padding of a task with fewer classes) and ``finite``
+    (1 when the peak's logit and its 10 code values are all finite). Non-finite candidates are returned (flagged),
+    not filtered: counting and dropping them is the host's job (:func:`select_detections`).
     """
-    heat = torch.sigmoid(task_out["heatmap"].float())
-    B, n_cls, H, W = heat.shape
-    scores, idx = heat.reshape(B, -1).topk(min(k, n_cls * H * W), dim=1)
-    labels = idx // (H * W)
+    heats = [t["heatmap"] for t in head_outputs]
+    B, _, H, W = heats[0].shape
+    n_max = max(h.shape[1] for h in heats)
+    # One top-k over all tasks: pad each task's classes to n_max with -inf (never above a real peak).
+    heat = torch.stack([h.float() if h.shape[1] == n_max else
+                        torch.cat([h.float(), h.new_full((B, n_max - h.shape[1], H, W), float("-inf"),
+                                                         dtype=torch.float32)], dim=1) for h in heats], dim=1)
+    T = len(heats)
+    logits, idx = heat.reshape(B, T, n_max * H * W).topk(min(k, n_max * H * W), dim=2)  # (B, T, k)
+    local = idx // (H * W)
     pix = idx % (H * W)
-    code = torch.cat([task_out[name].float() for name, _ in REG_BRANCHES], dim=1).reshape(B, 10, H * W)
-    code = torch.gather(code, 2, pix.unsqueeze(1).expand(B, 10, pix.shape[1])).transpose(1, 2)  # (B, k', 10)
-    return decode_code(code, pix % W, pix // W, grid), scores, labels
+    table = torch.full((T, n_max), -1, dtype=torch.long)
+    for t, group in enumerate(task_groups):
+        table[t, : len(group)] = torch.tensor([class_names.index(c) for c in group])
+    labels = table.to(idx.device).gather(1, local.permute(1, 0, 2).reshape(T, -1)).reshape(T, B, -1).permute(1, 0, 2)
+    codes = []
+    for t, task in enumerate(head_outputs):  # gather the k peaks of each branch (no copy of the whole maps)
+        p = pix[:, t].unsqueeze(1)
+        codes.append(torch.cat([task[name].float().reshape(B, c, H * W).gather(2, p.expand(B, c, p.shape[2]))
+                                for name, c in REG_BRANCHES], dim=1))
+    code = torch.stack(codes, dim=1).transpose(2, 3)  # (B, T, k, 10)
+    finite = torch.isfinite(code).all(dim=-1) & torch.isfinite(logits)
+    boxes = decode_code(code, pix % W, pix // W, grid)  # (B, T, k, 9)
+    out = torch.cat([boxes, torch.sigmoid(logits)[..., None], labels[..., None].float(), finite[..., None].float()],
+                    dim=-1)
+    return out.reshape(B, -1, len(CANDIDATE_COLUMNS))
+
+
+CANDIDATE_COLUMNS: tuple[str, ...] = ("x", "y", "z", "l", "w", "h", "yaw", "vx", "vy", "score", "label", "finite")
+
+
+def circle_nms_np(xy: np.ndarray, scores: np.ndarray, labels: np.ndarray, radius: np.ndarray,
+                  max_keep: int | None = None, chunk: int = 128) -> np.ndarray:
+    """Greedy per-class circle NMS (numpy): going down the scores (stable order), a box is dropped when a kept,
+    higher-scored box of the same label lies closer than ``radius[label]`` metres (centre distance in xy; radius
+    0 disables). Stops once ``max_keep`` boxes are kept (the greedy result is a prefix, so this is exact).
+
+    ``xy (N, 2)``, ``scores (N,)``, ``labels (N,)`` int, ``radius (n_labels,)`` -> kept indices into the inputs,
+    by descending score. Chunks of ``chunk`` boxes: a chunk is first checked against every box kept before it
+    (vectorised), then the greedy rule ``keep_i = alive_i and not any(keep_j and near_ij, j before i)`` runs in
+    score order over the boxes of the chunk that have a same-label neighbour within the radius.
+    """
+    scores = np.asarray(scores)
+    order = np.argsort(-scores, kind="stable")
+    n = order.size
+    limit = n if max_keep is None else min(n, int(max_keep))
+    if n == 0 or limit <= 0:
+        return order[:0]
+    xy = np.asarray(xy, dtype=np.float64)[order]
+    lab = np.asarray(labels).astype(np.int64)[order]
+    r2 = np.asarray(radius, dtype=np.float64)[lab] ** 2
+    kept: list[np.ndarray] = []
+    kept_xy, kept_lab = np.empty((0, 2)), np.empty(0, dtype=np.int64)
+    count = 0
+    for start in range(0, n, chunk):
+        end = min(n, start + chunk)
+        cxy, clab, cr2 = xy[start:end], lab[start:end], r2[start:end]
+        alive = np.ones(end - start, dtype=bool)
+        if kept_lab.size:
+            alive = ~((_sq_dist(cxy, kept_xy) < cr2[:, None]) & (clab[:, None] == kept_lab[None, :])).any(axis=1)
+        m = end - start
+        near = (_sq_dist(cxy, cxy) < cr2[:, None]) & (clab[:, None] == clab[None, :]) & np.tri(m, m, -1, dtype=bool)
+        near &= alive[None, :]
+        keep = alive.copy()
+        for i in np.flatnonzero(alive & near.any(axis=1)):  # in score order: keep[j < i] is final
+            if (near[i] & keep).any():
+                keep[i] = False
+        idx = np.flatnonzero(keep)
+        if idx.size:
+            kept.append(idx + start)
+            kept_xy = np.concatenate([kept_xy, cxy[idx]])
+            kept_lab = np.concatenate([kept_lab, clab[idx]])
+            count += idx.size
+        if count >= limit:
+            break
+    sel = np.concatenate(kept) if kept else np.empty(0, dtype=np.int64)
+    return order[sel[:limit]]
+
+
+def _sq_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared xy distances ``(len(a), len(b))`` (float64)."""
+    dx = a[:, 0, None] - b[None, :, 0]
+    dy = a[:, 1, None] - b[None, :, 1]
+    return dx * dx + dy * dy
 
 
 def circle_nms(xy: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
-    """Greedy per-class circle NMS: going down the scores, a box is dropped when a kept, higher-scored box of the
-    same label lies closer than ``radius[label]`` metres (centre distance in xy; radius 0 disables).
+    """:func:`circle_nms_np` on tensors (any device): kept indices (int64, on ``xy``'s device)."""
+    keep = circle_nms_np(xy.detach().cpu().double().numpy(), scores.detach().cpu().double().numpy(),
+                         labels.detach().cpu().numpy(), radius.detach().cpu().double().numpy())
+    return torch.as_tensor(keep, dtype=torch.long, device=xy.device)
 
-    ``xy (N, 2)``, ``scores (N,)``, ``labels (N,)`` int64, ``radius (n_labels,)`` -> kept indices into the
-    inputs, by descending score. Vectorised: the greedy rule ``keep_i = not any(keep_j and near_ij, j before
-    i)`` is iterated to its (unique) fixed point instead of looping over boxes.
-    """
-    order = torch.argsort(scores, descending=True)
-    xy, lab = xy[order].float(), labels[order]
-    n = xy.shape[0]
-    r = radius.to(xy)[lab]
-    near = (torch.cdist(xy, xy) < r[:, None]) & (lab[:, None] == lab[None, :])
-    near &= torch.ones(n, n, dtype=torch.bool, device=xy.device).tril(-1)  # only earlier (higher) boxes suppress
-    keep = torch.ones(n, dtype=torch.bool, device=xy.device)
-    for _ in range(n):
-        new = ~(near & keep[None, :]).any(dim=1)
-        if torch.equal(new, keep):
-            break
-        keep = new
-    return order[keep]
+
+@dataclass
+class HostDetections:
+    """Decoded boxes of one sample on the host (numpy): ``boxes (N, 9)`` float32, ``scores (N,)`` float32,
+    ``labels (N,)`` int64, by descending score; ``nonfinite``: candidates dropped for NaN/inf values."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    nonfinite: int = 0
+
+
+def select_detections(candidates: np.ndarray, cfg: DecodeConfig) -> HostDetections:
+    """Host side of decoding for one sample: ``candidates (M, 12)`` (:func:`gather_candidates`, moved to the host)
+    -> finite candidates above ``cfg.score_threshold`` inside ``cfg.post_center_range``, per-class circle NMS,
+    the ``cfg.max_detections`` best."""
+    c = np.asarray(candidates)
+    real = c[:, 10] >= 0
+    finite = c[:, 11] > 0.5
+    nonfinite = int((real & ~finite).sum())
+    lo, hi = np.asarray(cfg.post_center_range[:3]), np.asarray(cfg.post_center_range[3:])
+    with np.errstate(invalid="ignore"):
+        ok = real & finite & (c[:, 9] > cfg.score_threshold)
+        ok &= (c[:, :3] >= lo).all(axis=1) & (c[:, :3] <= hi).all(axis=1)
+    c = c[ok]
+    labels = c[:, 10].astype(np.int64)
+    keep = circle_nms_np(c[:, :2], c[:, 9], labels, np.asarray(cfg.nms_radius, dtype=np.float64),
+                         max_keep=cfg.max_detections)
+    return HostDetections(c[keep, :9].astype(np.float32), c[keep, 9].astype(np.float32), labels[keep], nonfinite)
 
 
 def decode_detections(
@@ -104,29 +210,14 @@ def decode_detections(
     grid: BEVGridConfig,
     cfg: DecodeConfig,
 ) -> list[Detections]:
-    """Head outputs -> boxes per sample: per task top-k, score threshold, post-centre range, per-class circle
-    NMS, then the ``cfg.max_detections`` best. Labels index ``class_names``."""
-    radius = torch.tensor(cfg.nms_radius, dtype=torch.float32)
-    lo = torch.tensor(cfg.post_center_range[:3])
-    hi = torch.tensor(cfg.post_center_range[3:])
-    per_task = []
-    for task_out, group in zip(head_outputs, task_groups):
-        boxes, scores, labels = task_candidates(task_out, grid, cfg.max_candidates_per_task)
-        to_global = torch.tensor([class_names.index(c) for c in group], device=labels.device)
-        per_task.append((boxes, scores, to_global[labels]))
-    results = []
-    for b in range(per_task[0][0].shape[0]):
-        kept_boxes, kept_scores, kept_labels = [], [], []
-        for boxes, scores, labels in per_task:
-            bx, sc, lb = boxes[b], scores[b], labels[b]
-            centre = bx[:, :3]
-            mask = (sc > cfg.score_threshold) & (centre >= lo.to(centre)).all(1) & (centre <= hi.to(centre)).all(1)
-            bx, sc, lb = bx[mask], sc[mask], lb[mask]
-            keep = circle_nms(bx[:, :2], sc, lb, radius.to(bx.device))
-            kept_boxes.append(bx[keep])
-            kept_scores.append(sc[keep])
-            kept_labels.append(lb[keep])
-        boxes, scores, labels = torch.cat(kept_boxes), torch.cat(kept_scores), torch.cat(kept_labels)
-        order = torch.argsort(scores, descending=True)[: cfg.max_detections]
-        results.append(Detections(boxes[order], scores[order], labels[order]))
-    return results
+    """Head outputs -> boxes per sample: top-k per task (one batched top-k, :func:`gather_candidates`), then on the
+    host (one transfer) the finite candidates above the score threshold inside the post-centre range, per-class
+    circle NMS and the ``cfg.max_detections`` best (:func:`select_detections`). Labels index ``class_names``;
+    tensors come back on the CPU."""
+    cand = gather_candidates(head_outputs, task_groups, class_names, grid, cfg.max_candidates_per_task)
+    cand = cand.detach().cpu().numpy()
+    out = []
+    for b in range(cand.shape[0]):
+        d = select_detections(cand[b], cfg)
+        out.append(Detections(torch.from_numpy(d.boxes), torch.from_numpy(d.scores), torch.from_numpy(d.labels)))
+    return out

@@ -24,6 +24,14 @@ uses), so the image content and ``ida`` agree exactly. Samples more than one pix
 (0, PIL's crop / rotate fill in BEVDepth) before normalisation ``(x - mean) / std`` (RGB, 0..255 units).
 Everything that does not depend on the pixels (``ida``, the sampling grid, which rows the prefilter needs) is
 cached per image size and ``ida``; on a CPU the prefilter runs on uint8 (within one grey level of float).
+
+Inference (``ida`` a pure scale and crop, the prefilter size equal to that scale) takes a specialisation of the
+same operations: only the band of rows the crop keeps is prefiltered (both cuts at rows where the band's
+resampling grid is the whole image's), and the bilinear sampling, which then reads every output pixel at one
+common sub-pixel offset, is two lerps of shifted slices instead of ``grid_sample``. Training augmentation
+(rotations, flips, crops past the border) takes the general path. Both give the same tensor (tested against each
+other and against an independent float reference). :meth:`ImageTransform.band` + :meth:`ImageTransform.apply`
+split the transform where a caller moves the image to the device itself (the node's pinned staging).
 """
 from __future__ import annotations
 
@@ -87,12 +95,21 @@ def ida_for(width: int, height: int, input_size: Sequence[int], resize_scale: fl
 class _Plan:
     """Pixel-independent work for one image size and ``ida``.
 
-    ``prefilter_size`` = antialiased resize target (the output scale; None when not downscaling). Only
-    prefiltered rows from ``r0`` down are computed, from input rows ``first_row`` down, with
-    ``r0 * H / prefilter_h == first_row`` exactly (the resize then has the sampling grid of the whole image) and
-    ``r0`` at least two rows above the first row the sampling reads. ``grid (1, h, w, 2)`` samples the
-    (row-cropped) prefiltered image at ``ida^-1`` of every output pixel; ``inside (3, h, w)`` is 1 where the
-    sample lies less than a pixel outside the image, and ``fill (3, h, w)`` the normalised black elsewhere.
+    ``prefilter_size`` = antialiased resize target (the output scale; None when not downscaling). Only the
+    prefiltered rows ``r0 .. r1`` are computed, from input rows ``first_row .. last_row``, with ``r * H / Hs`` an
+    integer at both cuts (the resize of that band has the sampling grid of the whole image, so its rows equal the
+    whole image's) and ``r0`` / ``r1`` at least two rows outside the rows the sampling reads. ``grid (1, h, w,
+    2)`` samples the (row-cropped) prefiltered image at ``ida^-1`` of every output pixel; ``inside (3, h, w)`` is 1
+    where the sample lies less than a pixel outside the image, and ``fill (3, h, w)`` the normalised black
+    elsewhere.
+
+    ``shift``: the inference case, ``ida`` a pure scale and crop whose scale the prefilter size reproduces exactly
+    and whose samples all lie inside the band: every output pixel then samples the band at ``(v + oy, u + ox)``
+    with the same ``oy, ox`` (``ida``'s corner convention against the resize's pixel centres puts them
+    ``0.5 (1 - scale)`` px off the grid). ``shift = (rows, cols, fy, fx)``: the band rows and columns read (index
+    tensors, clamped at the edge as ``grid_sample``'s border padding clamps) and the two fractions; the bilinear
+    sample is then two lerps of shifted slices instead of ``grid_sample`` (same weights; equal up to float
+    rounding, tested). None: the general path (augmentation: flips, rotations, crops past the border).
     """
 
     prefilter_size: tuple[int, int] | None
@@ -100,6 +117,8 @@ class _Plan:
     grid: torch.Tensor
     inside: torch.Tensor
     fill: torch.Tensor
+    last_row: int | None = None  # None: to the bottom of the image
+    shift: tuple[torch.Tensor, torch.Tensor, float, float] | None = None
 
     @staticmethod
     def make(hw: tuple[int, int], ida: np.ndarray, out_hw: tuple[int, int], fill: torch.Tensor,
@@ -118,16 +137,30 @@ class _Plan:
         src_u = inv[0, 0] * u + inv[0, 1] * v + inv[0, 3]
         src_v = inv[1, 0] * u + inv[1, 1] * v + inv[1, 3]
         inside = (src_u > -1) & (src_u < Ws) & (src_v > -1) & (src_v < Hs)
-        r0 = 0
+        r0, r1 = 0, Hs
         if size is not None:
             need = int(np.floor(src_v.min())) - 2
             r0 = next((r for r in range(min(max(0, need), Hs - 1), 0, -1) if (r * H) % Hs == 0), 0)
-            size = (Hs - r0, Ws)
+            need = int(np.ceil(src_v.max())) + 3
+            r1 = next((r for r in range(max(need, r0 + 1), Hs) if (r * H) % Hs == 0), Hs)
+            size = (r1 - r0, Ws)
         first_row = r0 * H // Hs if size is not None else 0
-        grid = np.stack([(2 * src_u + 1) / Ws - 1, (2 * (src_v - r0) + 1) / (Hs - r0) - 1], axis=-1)
+        last_row = r1 * H // Hs if size is not None else H
+        grid = np.stack([(2 * src_u + 1) / Ws - 1, (2 * (src_v - r0) + 1) / (r1 - r0) - 1], axis=-1)
         inside_t = torch.as_tensor(inside, dtype=torch.float32, device=device).expand(3, h, w).contiguous()
+        shift = None
+        exact_scale = size is None or (abs(Ws / W - ida[0, 0]) < 1e-12 and abs(Hs / H - ida[1, 1]) < 1e-12)
+        if exact_scale and inside.all() and np.allclose(inv[:2, :2], np.eye(2), rtol=0, atol=1e-12):
+            oy, ox = inv[1, 3] - r0, inv[0, 3]
+            row, col = int(np.floor(oy + 1e-9)), int(np.floor(ox + 1e-9))
+            fy, fx = max(0.0, oy - row), max(0.0, ox - col)
+            fy, fx = (0.0 if fy < 1e-9 else fy), (0.0 if fx < 1e-9 else fx)
+            # grid_sample's border padding clamps a sample less than a pixel outside to the edge: clamped indices
+            rows = np.clip(np.arange(row, row + h + (fy > 0)), 0, r1 - r0 - 1)
+            cols = np.clip(np.arange(col, col + w + (fx > 0)), 0, Ws - 1)
+            shift = (torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device), fy, fx)
         return _Plan(size, first_row, torch.as_tensor(grid, dtype=torch.float32, device=device).unsqueeze(0),
-                     inside_t, fill.view(3, 1, 1) * (1.0 - inside_t))
+                     inside_t, fill.view(3, 1, 1) * (1.0 - inside_t), last_row, shift)
 
 
 class ImageTransform:
@@ -168,23 +201,43 @@ class ImageTransform:
             self._plans.move_to_end(key)
         return plan
 
-    def __call__(self, image: np.ndarray, ida: np.ndarray | None = None,
-                 out: torch.Tensor | None = None) -> torch.Tensor:
-        """One ``(H, W, 3)`` uint8 RGB image -> ``(3, h, w)`` float32 on the device (written into ``out`` when
-        given); ``ida`` defaults to :meth:`ida` of the image's size."""
+    def band(self, image: np.ndarray, ida: np.ndarray | None = None) -> tuple[np.ndarray, _Plan]:
+        """The rows of ``image`` the transform reads (a view, no copy) and the plan: what a caller moves to the
+        device itself (the node's pinned staging) before :meth:`apply`. Checks the image like :meth:`__call__`."""
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
             raise ValueError(f"image transform: expected an (H, W, 3) uint8 RGB image, got {got}")
         H, W = image.shape[:2]
-        if ida is None:
-            ida = self.ida(W, H)
-        plan = self.plan((H, W), ida)
-        src = torch.from_numpy(image[plan.first_row:]).to(self.device, non_blocking=True)
-        src = src.permute(2, 0, 1).unsqueeze(0)  # channels-last view, no copy
+        plan = self.plan((H, W), self.ida(W, H) if ida is None else ida)
+        return image[plan.first_row:plan.last_row], plan
+
+    def __call__(self, image: np.ndarray, ida: np.ndarray | None = None,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+        """One ``(H, W, 3)`` uint8 RGB image -> ``(3, h, w)`` float32 on the device (written into ``out`` when
+        given); ``ida`` defaults to :meth:`ida` of the image's size."""
+        band, plan = self.band(image, ida)
+        return self.apply(torch.from_numpy(band), plan, out)
+
+    def apply(self, band: torch.Tensor, plan: _Plan, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The transform of an image's :meth:`band` ``(rows, W, 3)`` uint8, on the CPU or already on the device
+        (moved there when not) -> ``(3, h, w)`` float32 (into ``out`` when given)."""
+        src = band.to(self.device, non_blocking=True).permute(2, 0, 1).unsqueeze(0)  # channels-last view
         if plan.prefilter_size is not None:
             if self.device.type != "cpu":  # uint8 antialiased resize is a CPU kernel
                 src = src.float()
             src = F.interpolate(src, size=plan.prefilter_size, mode="bilinear", align_corners=False, antialias=True)
+        if plan.shift is not None:  # scale + crop: bilinear at one sub-pixel offset = two lerps of slices
+            rows, cols, fy, fx = plan.shift
+            h, w = self.input_size
+            x = src[0].index_select(1, rows).index_select(2, cols).float()
+            if fx:
+                x = torch.lerp(x[:, :, :w], x[:, :, 1:], fx)
+            if fy:
+                x = torch.lerp(x[:, :h], x[:, 1:], fy)
+            mean, inv_std = self._mean.view(3, 1, 1), self._inv_std.view(3, 1, 1)
+            if out is None:
+                return (x - mean) * inv_std
+            return torch.sub(x, mean, out=out).mul_(inv_std)
         norm = (src.float() - self._mean) * self._inv_std
         sampled = F.grid_sample(norm, plan.grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
         if out is None:

@@ -77,14 +77,17 @@ class StudentDetector(nn.Module):
         return cls(cfg, cache_size)
 
     # -------------------------------------------------------------------------------------------------- forward
-    def lift(self, images, K, cam2ego, ida, bda) -> tuple[torch.Tensor, torch.Tensor]:
-        """One frame's cameras -> (BEV ``(B, C_ctx, ny, nx)``, depth probabilities ``(B * N, D, h, w)``)."""
+    def lift(self, images, K, cam2ego, ida, bda, calib_key: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One frame's cameras -> (BEV ``(B, C_ctx, ny, nx)``, depth probabilities ``(B * N, D, h, w)``).
+        ``calib_key``: the calibration's pooling-cache key computed from host copies
+        (:func:`~.view_transform.host_calibration_key`; the inference path passes it so nothing is read back from
+        the device)."""
         B, N = images.shape[:2]
         feats = self.image_neck(self.backbone(images.reshape(B * N, *images.shape[2:])))
         cam_vec = camera_vector_27(K, cam2ego, ida, bda.unsqueeze(1).expand(B, N, 4, 4)).reshape(B * N, 27)
         depth_logits, context = self.depth_net(feats, cam_vec)
         depth = depth_logits.softmax(dim=1)
-        return self.view_transform(depth, context, K, cam2ego, ida, bda), depth
+        return self.view_transform(depth, context, K, cam2ego, ida, bda, calib_key), depth
 
     def forward(
         self,
@@ -97,6 +100,7 @@ class StudentDetector(nn.Module):
         prev_bev: torch.Tensor | None = None,
         prev_images: torch.Tensor | None = None,
         prev_cam2ego: torch.Tensor | None = None,
+        calib_key: str | None = None,
     ) -> StudentOutput:
         """Args:
             images: ``(B, N, 3, H, W)`` normalised network inputs (:class:`~.image_transform.ImageTransform`).
@@ -110,10 +114,11 @@ class StudentDetector(nn.Module):
             prev_images: ``(B, T, N, 3, H, W)`` the previous frames' images (same cameras, ``K`` and ``ida``) with
                 ``prev_cam2ego (B, T, N, 4, 4)`` (camera -> that frame's ego): lifted here without gradients
                 (the training path, as BEVDepth).
+            calib_key: optional pooling-cache key of the calibration computed from host copies (:meth:`lift`).
         The previous BEV features are warped into the current frame (:func:`~.temporal.warp_bev`) and
         concatenated after the current one on channels.
         """
-        bev, depth = self.lift(images, K, cam2ego, ida, bda)
+        bev, depth = self.lift(images, K, cam2ego, ida, bda, calib_key)
         return self.forward_lifted(bev, depth, K, ida, bda, prev2curr, prev_bev, prev_images, prev_cam2ego)
 
     def forward_lifted(self, bev: torch.Tensor, depth: torch.Tensor, K, ida, bda, prev2curr=None, prev_bev=None,

@@ -29,6 +29,7 @@ import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -149,11 +150,13 @@ class LSSViewTransform(nn.Module):
             crow[1:] = torch.cumsum(torch.bincount(rows, minlength=num_cells), 0)
             return PoolIndex(point_idx, pair_of_point, crow, pairs % num_pix, (num_cells, num_pix))
 
-    def cached_index(self, K, cam2ego, ida, bda) -> PoolIndex:
-        """The :class:`PoolIndex` for this calibration, from the LRU cache when the same tensors were seen."""
+    def cached_index(self, K, cam2ego, ida, bda, key: str | None = None) -> PoolIndex:
+        """The :class:`PoolIndex` for this calibration, from the LRU cache when the same tensors were seen.
+        ``key``: the calibration's :func:`calibration_key` when the caller has it from host copies
+        (:func:`host_calibration_key`); computing it here reads the tensors back (a host sync on a GPU)."""
         if self.cache_size <= 0:
             return self.build_index(K, cam2ego, ida, bda)
-        key = calibration_key(K, cam2ego, ida, bda)
+        key = key or calibration_key(K, cam2ego, ida, bda)
         index = self._cache.get(key)
         if index is None:
             index = self.build_index(K, cam2ego, ida, bda)
@@ -165,10 +168,10 @@ class LSSViewTransform(nn.Module):
         return index
 
     # ------------------------------------------------------------------------------------------------- pooling
-    def forward(self, depth, context, K, cam2ego, ida, bda) -> torch.Tensor:
+    def forward(self, depth, context, K, cam2ego, ida, bda, calib_key: str | None = None) -> torch.Tensor:
         if torch.compiler.is_compiling() or torch.jit.is_tracing():
             return self.pool_static(depth, context, K, cam2ego, ida, bda)
-        return self.pool_indexed(depth, context, self.cached_index(K, cam2ego, ida, bda), K.shape[0])
+        return self.pool_indexed(depth, context, self.cached_index(K, cam2ego, ida, bda, calib_key), K.shape[0])
 
     def pool_indexed(self, depth: torch.Tensor, context: torch.Tensor, index: PoolIndex, batch: int) -> torch.Tensor:
         """Per-frame pooling with a precomputed index: ``(B*N, D, h, w), (B*N, C, h, w) -> (B, C, ny, nx)``."""
@@ -201,8 +204,17 @@ class LSSViewTransform(nn.Module):
 
 def calibration_key(*tensors: torch.Tensor) -> str:
     """Hash of the exact values, shapes and device of calibration tensors (the pooling cache key)."""
+    return host_calibration_key(tensors[0].device if tensors else "cpu",
+                                *(t.detach().to("cpu", torch.float64).numpy() for t in tensors))
+
+
+def host_calibration_key(device: torch.device | str, *arrays) -> str:
+    """:func:`calibration_key` of tensors holding ``arrays``' values (host copies, as float64) on ``device``,
+    without reading anything back from the device (the node knows its calibration on the host)."""
     h = hashlib.blake2b(digest_size=16)
-    for t in tensors:
-        h.update(f"{tuple(t.shape)}|{t.device}|".encode())
-        h.update(t.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
+    device = torch.device(device)
+    for a in arrays:
+        a = np.ascontiguousarray(a, dtype=np.float64)
+        h.update(f"{tuple(a.shape)}|{device}|".encode())
+        h.update(a.tobytes())
     return h.hexdigest()
