@@ -163,6 +163,18 @@ def make_transform(R_or_quat, t) -> np.ndarray:
     return T
 
 
+def invert_rigid(T: np.ndarray) -> np.ndarray:
+    """Inverse of a rigid 4x4 transform (orthonormal rotation): ``[R^T, -R^T t]``, no LAPACK call (a 4x4
+    ``np.linalg.inv`` goes through OpenBLAS, whose threads stall for a fraction of a millisecond per call on a
+    busy machine; the node inverts a dozen TF transforms per camera set)."""
+    T = np.asarray(T, dtype=np.float64)
+    out = np.eye(4)
+    Rt = T[:3, :3].T
+    out[:3, :3] = Rt
+    out[:3, 3] = -(Rt @ T[:3, 3])
+    return out
+
+
 def invert_transform(T: np.ndarray) -> np.ndarray:
     """Inverse of 4x4 transform(s) ``(..., 4, 4)`` whose linear part is any invertible 3x3 (rigid or not)."""
     T = np.asarray(T, dtype=np.float64)

@@ -63,3 +63,50 @@ def test_vision_msgs_hash_equals_rosbags_computation(name):
 def test_interfaces_are_hidden_from_colcon():
     """A vehicle's colcon workspace must never build these copies over the installed ROS packages."""
     assert (REPO / "interfaces" / "COLCON_IGNORE").exists()
+
+
+# autoware_perception_msgs: the detection messages of autowarefoundation/autoware_msgs 1.12.0 (tag commit 7025d8f),
+# files byte for byte. Their field definitions are unchanged since 1.1.0 (later versions only add label constants,
+# which RIHS01 does not hash), so one hash holds for every released version. The expected hash is the one both the
+# rosidl build and rosbags' independent RIHS01 compute from those files (no generated code carrying the published
+# string was found to copy it from).
+AUTOWARE_DIR = REPO / "interfaces" / "autoware_perception_msgs" / "msg"
+AUTOWARE_SHA256 = {
+    "DetectedObject.msg": "11444ed93a5b3d1be21fe8472bdf661ed9e6cab46f974f2cc7d353defdb066ce",
+    "DetectedObjectKinematics.msg": "72ab462d30e2fc84dbab2501193fbb0d83ecfe54ce89305f5f024278d349f4c9",
+    "DetectedObjects.msg": "848051a59fd3e150d0028ba3cc7e93c94e0dd1d2e1835d073026139913200e76",
+    "ObjectClassification.msg": "f9f287e112c168ca26ac0626d60e005bd4547426a7c6c7effe5c5c088e4768bd",
+    "Shape.msg": "869b273ebc158b0ffab71ea4a923dd520de1f89d5e9ef3bbeed5bfd279dbeed0",
+}
+AUTOWARE_HASHES = {
+    "autoware_perception_msgs/msg/DetectedObjects":
+        "RIHS01_2facd6b15786cbd1f720cdd23d22e6d60d2e7e83b8dff8fd401330e24edb187b",
+    "autoware_perception_msgs/msg/DetectedObject":
+        "RIHS01_395e8cae03c45c86ddb3263f9db58f5a1364bdabdcec56c24c817a372f7d566f",
+    "autoware_perception_msgs/msg/DetectedObjectKinematics":
+        "RIHS01_a01b4e06aa855e7a501b1af1e7c6a9eddb70e728e8f1195372ff5801cae1c9eb",
+    "autoware_perception_msgs/msg/ObjectClassification":
+        "RIHS01_38131fef2df46486c20c12c238faf778328309f4c3e9daa6ffd621732e48dd19",
+    "autoware_perception_msgs/msg/Shape":
+        "RIHS01_1a32ac3073c17e4822d39b7f4c263eb1c4a2bacbf707d6db96e77e867063562b",
+}
+
+
+def test_autoware_msg_files_are_the_published_ones():
+    import hashlib
+
+    got = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in AUTOWARE_DIR.glob("*.msg")}
+    assert got == AUTOWARE_SHA256
+
+
+@pytest.mark.parametrize("type_name", sorted(AUTOWARE_HASHES))
+def test_autoware_built_hash_equals_the_published_definitions(type_name):
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    ts = get_typestore(Stores.ROS2_KILTED)
+    for f in AUTOWARE_DIR.glob("*.msg"):
+        ts.register(get_types_from_msg(f.read_text(), f"autoware_perception_msgs/msg/{f.stem}"))
+    assert built_hash(type_name) == AUTOWARE_HASHES[type_name] == ts.hash_rihs01(type_name)
+    from autoware_perception_msgs.msg import DetectedObjectKinematics, ObjectClassification, Shape
+
+    assert (ObjectClassification.PEDESTRIAN, DetectedObjectKinematics.AVAILABLE, Shape.BOUNDING_BOX) == (7, 2, 0)

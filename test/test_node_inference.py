@@ -66,3 +66,66 @@ def test_startup_errors_are_clear(tmp_path, ckpt):
     if not torch.cuda.is_available():
         with pytest.raises(DetectorError, match="CUDA is not available"):
             Detector(ckpt, device="cuda")
+
+
+def test_camera_by_camera_staging_equals_detect(det, sample):
+    """The node's path: cameras staged one by one, in arrival order (any), into a reused slot, then detect_slot on
+    the rows of the set; the same boxes as detect() on the list, also for a set without some cameras."""
+    T = tf_roundtrip(sample)
+    ref = det.detect(sample.images, sample.Ks, T)
+    slot = det.acquire_slot(6)
+    try:
+        for cam in (4, 1, 5, 0, 3, 2):
+            det.stage(slot, cam, sample.images[cam])
+        got = det.detect_slot(slot, range(6), sample.Ks, T)
+    finally:
+        det.release_slot(slot)
+    np.testing.assert_array_equal(got.boxes, ref.boxes)
+    np.testing.assert_array_equal(got.labels, ref.labels)
+    rows = [0, 2, 3, 5]
+    ref4 = det.detect([sample.images[i] for i in rows], [sample.Ks[i] for i in rows], [T[i] for i in rows])
+    slot = det.acquire_slot(6)
+    try:
+        for cam in rows:
+            det.stage(slot, cam, sample.images[cam])
+        with pytest.raises(ValueError, match="not staged"):
+            det.detect_slot(slot, [0, 1], [sample.Ks[0], sample.Ks[1]], [T[0], T[1]])
+        got4 = det.detect_slot(slot, rows, [sample.Ks[i] for i in rows], [T[i] for i in rows])
+    finally:
+        det.release_slot(slot)
+    np.testing.assert_array_equal(got4.boxes, ref4.boxes)
+
+
+def test_slots_are_reused_and_bounded(det):
+    a = det.acquire_slot(6)
+    det.release_slot(a)
+    assert det.acquire_slot(6) is a
+    held = [a] + [det.acquire_slot(6, create=False) for _ in range(det.max_slots - 1)]
+    assert all(s is not None for s in held) and len({id(s) for s in held}) == det.max_slots
+    assert det.acquire_slot(6, create=False) is None  # the staging thread waits for the inference thread then
+    extra = det.acquire_slot(6)  # the inference thread always gets one
+    for s in held + [extra]:
+        det.release_slot(s)
+
+
+def test_the_pooling_cache_key_comes_from_the_host_copies():
+    """The node computes the calibration's pooling-cache key from its numpy copies (no read-back from a GPU):
+    the same key as the tensors' on their device."""
+    from labeldistill_ros.model.view_transform import calibration_key, host_calibration_key
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.normal(size=(1, 6, 3, 3)).astype(np.float32), rng.normal(size=(1, 6, 4, 4)).astype(np.float32),
+              np.eye(4, dtype=np.float32)[None]]
+    assert host_calibration_key("cpu", *arrays) == calibration_key(*(torch.from_numpy(a) for a in arrays))
+    assert host_calibration_key("cuda:0", *arrays) != host_calibration_key("cpu", *arrays)
+
+
+def test_device_path_split_equals_the_transform(det, sample):
+    """The CUDA staging splits the transform where the image band goes through pinned memory: band() on the host,
+    apply() on a tensor already on the device. Run on the CPU, the split gives the transform's tensor exactly."""
+    img = sample.images[1]
+    band, plan = det.transform.band(img)
+    assert band.base is not None and band.shape[0] < img.shape[0]  # a view on the kept rows, not a copy
+    on_device = torch.from_numpy(np.ascontiguousarray(band)).to(det.device)
+    with torch.inference_mode():
+        torch.testing.assert_close(det.transform.apply(on_device, plan), det.transform(img), rtol=0, atol=0)

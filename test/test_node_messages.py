@@ -174,3 +174,42 @@ def test_diagnostic_array_carries_values_as_strings():
     st = arr.status[0]
     assert st.level == m.WARN and st.hardware_id == "/ns/det" and arr.header.stamp.sec == 5
     assert [(kv.key, kv.value) for kv in st.values] == [("rate_hz", "12.000"), ("drops", "3")]
+
+
+def test_detected_objects_carry_the_velocity_in_the_object_frame():
+    """autoware_perception_msgs/DetectedObjects: Autoware labels, the box pose and size, existence = score, the
+    twist in the object's own frame (x along its heading), which turns back into the same vx, vy; orientation
+    availability as nuScenes scores the heading; no covariance (the model gives none); pooled like the array."""
+    from autoware_perception_msgs.msg import DetectedObjectKinematics as K
+    from autoware_perception_msgs.msg import ObjectClassification as C
+    from autoware_perception_msgs.msg import Shape
+
+    d = dets(10, seed=3)
+    d.labels = np.arange(10)  # every nuScenes class once
+    b = m.DetectedObjectsBuilder()
+    msg = b.build(d, STAMP, "base_link")
+    assert (msg.header.stamp.sec, msg.header.frame_id, len(msg.objects)) == (1532402927, "base_link", 10)
+    want = {"car": C.CAR, "truck": C.TRUCK, "construction_vehicle": C.TRUCK, "bus": C.BUS, "trailer": C.TRAILER,
+            "barrier": C.UNKNOWN, "motorcycle": C.MOTORCYCLE, "bicycle": C.BICYCLE, "pedestrian": C.PEDESTRIAN,
+            "traffic_cone": C.UNKNOWN}
+    twist = []
+    for i, o in enumerate(msg.objects):
+        name = CLASS_NAMES[i]
+        assert [c.label for c in o.classification] == [want[name]] and o.classification[0].probability == 1.0
+        assert o.existence_probability == pytest.approx(float(d.scores[i]))
+        k = o.kinematics
+        p, q, s = k.pose_with_covariance.pose.position, k.pose_with_covariance.pose.orientation, o.shape.dimensions
+        back = pose_to_box([p.x, p.y, p.z], [q.x, q.y, q.z, q.w], [s.x, s.y, s.z])
+        np.testing.assert_allclose(back[:6], d.boxes[i, :6], atol=1e-12)
+        assert o.shape.type == Shape.BOUNDING_BOX
+        assert k.has_twist and not k.has_twist_covariance and not k.has_position_covariance
+        assert not any(k.pose_with_covariance.covariance) and not any(k.twist_with_covariance.covariance)
+        assert k.orientation_availability == {"traffic_cone": K.UNAVAILABLE, "barrier": K.SIGN_UNKNOWN}.get(
+            name, K.AVAILABLE)
+        lin = k.twist_with_covariance.twist.linear
+        twist.append([lin.x, lin.y])
+        heading = np.array([np.cos(d.boxes[i, 6]), np.sin(d.boxes[i, 6])])
+        assert lin.x == pytest.approx(float(heading @ d.boxes[i, 7:9]))  # forward speed along the heading
+    np.testing.assert_allclose(m.velocity_from_object_frame(d.boxes[:, 6], np.array(twist)), d.boxes[:, 7:9],
+                               atol=1e-12)
+    assert len(b.build(dets(3), STAMP, "base_link").objects) == 3

@@ -7,8 +7,9 @@ Steps (each skipped when its inputs are unchanged since it last succeeded):
                  toolchain, and this package editable with extras ``train`` and ``test``, under
                  ``requirements/constraints.txt`` (so no resolver pulls a CUDA torch or numpy 2)
   3. cmake-paths rewrite the include paths that the toolchain wheels hard-code from their build machine
-  4. interfaces  build ``interfaces/tf2_msgs`` and ``interfaces/vision_msgs`` into ``.venv`` with cmake
-  5. check       import rclpy, torch, vision_msgs, tf2_msgs together
+  4. interfaces  build ``interfaces/tf2_msgs``, ``interfaces/vision_msgs`` and ``interfaces/autoware_perception_msgs``
+                 (the detection messages) into ``.venv`` with cmake
+  5. check       import rclpy, torch, vision_msgs, tf2_msgs, autoware_perception_msgs together
 
 A failing step prints which step failed, why, and the log file to read; the exit status is non-zero.
 Nothing is installed outside ``.venv``. On a vehicle with a ROS install, do not use this: build with colcon.
@@ -29,7 +30,7 @@ VENV = ROOT / ".venv"
 STATE = VENV / ".labeldistill-setup"
 LOGS = STATE / "logs"
 PY = VENV / "bin" / "python"
-INTERFACES = ["tf2_msgs", "vision_msgs"]  # build order
+INTERFACES = ["tf2_msgs", "vision_msgs", "autoware_perception_msgs"]  # build order
 
 
 class StepFailed(RuntimeError):
@@ -148,7 +149,8 @@ def step_interfaces() -> None:
 
 def step_check() -> None:
     venv_python("import rclpy, torch; from vision_msgs.msg import Detection3DArray; "
-                "from tf2_msgs.msg import TFMessage; import labeldistill_ros, labeldistill_training")
+                "from tf2_msgs.msg import TFMessage; from autoware_perception_msgs.msg import DetectedObjects; "
+                "import labeldistill_ros, labeldistill_training")
 
 
 STEPS = [("venv", step_venv), ("packages", step_packages), ("cmake-paths", step_cmake_paths),

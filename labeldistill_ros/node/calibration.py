@@ -28,6 +28,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..geometry import invert_rigid
+
 
 class CalibrationError(ValueError):
     """A CameraInfo the model cannot use, or a camera without a frame id; names the field and the fix."""
@@ -79,6 +81,19 @@ class SetCalibration:
     ego_pose: np.ndarray | None = None  # (4, 4) target -> fixed frame at the reference stamp
     compensated: bool = False
     uncompensated_reason: str | None = None
+
+
+def _lookup_fast_fail(lookup, target: str, source: str, stamp_ns: int, timeout_s: float,
+                      exceptions: tuple[type[BaseException], ...]) -> np.ndarray:
+    """``lookup`` that waits up to ``timeout_s`` only when waiting can help: a frame TF has never heard of (a
+    ``LookupException``, in tf2_ros and the in-package buffer alike: e.g. no localisation running) fails at once
+    instead of costing every set the whole timeout."""
+    try:
+        return lookup(target, source, stamp_ns, 0.0)
+    except exceptions as exc:
+        if type(exc).__name__ == "LookupException" or timeout_s <= 0:
+            raise
+    return lookup(target, source, stamp_ns, timeout_s)
 
 
 class CalibrationCache:
@@ -152,8 +167,8 @@ class CalibrationCache:
         cam2target, pose, reason = static, None, None  # fixed_frame "": compensation off on purpose
         if fixed_frame:
             try:
-                pose = lookup(fixed_frame, self.target, ref, timeout_s)
-                ref_inv = np.linalg.inv(pose)
+                pose = _lookup_fast_fail(lookup, fixed_frame, self.target, ref, timeout_s, exceptions)
+                ref_inv = invert_rigid(pose)
                 # Poses at the other cameras' (earlier) stamps are already buffered once the reference one is.
                 motion = np.stack([ref_inv @ (pose if s == ref else lookup(fixed_frame, self.target, s, 0.0))
                                    for s in stamps_ns])

@@ -6,10 +6,14 @@ markers out.
 
 Data flow (callbacks only hand off; nothing heavy runs in the executor thread or under the sync lock):
 
-    image callbacks --(lock)--> SetCollector --complete/partial set--> LatestWorker slot (newest wins)
+    image callbacks (serialized, raw=True: only the header is read) --(lock)--> SetCollector --complete/partial
+        set--> LatestWorker slot (newest wins; a superseded set's images are never converted)
+      +--> staging thread: while the model keeps up (or is about to finish its set), each image is converted and
+           preprocessed into its set's network input as it arrives (staging.py)
     camera_info callbacks --> latest message per camera (validated in the worker, cached by content)
-    inference thread: decode images -> K (CameraInfo) + cam->target_frame at the reference stamp (TF, through
-                      fixed_frame) -> Detector.detect (temporal models: + kept BEV of earlier sets) -> publish
+    inference thread: what is not staged yet -> K (CameraInfo) + cam->target_frame at the reference stamp (TF,
+                      through fixed_frame) -> Detector.detect_slot (temporal models: + kept BEV of earlier sets)
+                      -> publish
 
 Topics (``~`` = the node's name, ``labeldistill_detector`` by default):
     in   ``image_topics[i]`` (sensor_msgs/Image) or ``image_topics[i]/compressed`` (CompressedImage),
@@ -19,8 +23,11 @@ Topics (``~`` = the node's name, ``labeldistill_detector`` by default):
          :mod:`.calibration`),
          ``~/output/markers`` (visualization_msgs/MarkerArray, built only while subscribed), ``~/output/label_info`` (vision_msgs/LabelInfo,
          latched), ``/diagnostics`` (diagnostic_msgs/DiagnosticArray),
+         ``~/output/objects`` (autoware_perception_msgs/DetectedObjects, with ``publish_objects``: the velocity),
          ``~/debug/processing_time/{preprocess,inference,postprocess,total}_ms`` and
-         ``~/debug/pipeline_latency_ms`` (std_msgs/Float64; latency = node clock now - reference stamp)
+         ``~/debug/pipeline_latency_ms`` (std_msgs/Float64; latency = node clock now - reference stamp),
+         ``~/debug/stage_times_ms`` (diagnostic_msgs/DiagnosticStatus: every stage of a set from its first image's
+         arrival, and the node's ``overhead``; :meth:`DetectorNode._report_times`)
 """
 from __future__ import annotations
 
@@ -32,9 +39,10 @@ from collections import Counter, deque
 
 import numpy as np
 
-from . import messages, params
+from . import messages, params, raw_image
 from .calibration import CalibrationCache, CalibrationError
-from .ros_compat import ImageError, TfBackend, backends, compressed_to_rgb, image_to_rgb, subscribe
+from .ros_compat import ImageError, TfBackend, backends, compressed_to_rgb, image_to_rgb, optional_module
+from .staging import SetStage, Stager, StagePolicy, wall_ns
 from .sync import CameraSet, SetCollector
 from .worker import LatestWorker
 
@@ -44,8 +52,14 @@ try:  # rclpy is a runtime dependency of the node only (the package imports stay
 except ImportError:  # pragma: no cover - documented: the node needs a ROS 2 environment
     rclpy = None
     Node = object
+try:  # Iron and newer hand a subscription callback the message info (the middleware's reception time)
+    from rclpy.subscription import MessageInfo as _MessageInfo  # noqa: F401
+    _MESSAGE_INFO = True
+except ImportError:  # Humble
+    _MESSAGE_INFO = False
 
 THROTTLE_S = 5.0
+GIL_SWITCH_S = 0.0005
 
 
 def _qos(reliability: str, depth: int, transient_local: bool = False):
@@ -72,23 +86,35 @@ class DetectorNode(Node):
         self.p = p = params.from_node(self)
         from ..inference import Detector
 
+        # Three threads share the interpreter (executor, staging, inference): hand the GIL over every 0.5 ms
+        # instead of Python's 5 ms, so an image callback or a short stage never waits behind another thread's
+        # Python code for a whole switch interval.
+        sys.setswitchinterval(GIL_SWITCH_S)
+
         if p.cpu_threads:
             import torch
 
             torch.set_num_threads(p.cpu_threads)
 
         self.detector = Detector(p.checkpoint, device=p.device, precision=p.precision,
-                                 score_threshold=p.score_threshold, max_detections=p.max_detections)
+                                 score_threshold=p.score_threshold, max_detections=p.max_detections,
+                                 backend=p.backend)
         self.cpu_fallback = self._warn_cpu_fallback()
+        # Start-up costs (torch.compile, CUDA kernels, first allocations) are paid here, not by the first set.
+        self.warmup_s = self.detector.warmup(p.num_cameras)
         self.names = p.camera_names
         self.tf = TfBackend(self)
         self.calib = CalibrationCache(p.camera_names, p.target_frame, p.camera_frames)
         self._infos: list = [None] * p.num_cameras
-        self._rgb_out: list[np.ndarray | None] = [None] * p.num_cameras  # reused conversion buffers
+        self._bufs = threading.local()  # per-thread reused conversion buffers (staging and inference threads)
+        self._bridge = optional_module("cv_bridge") is not None  # vehicle: cv_bridge converts the run sets
         self._lock = threading.Lock()  # guards the collector (executor thread: callbacks and the timer)
+        self.policy = StagePolicy()
+        self.stager = Stager(self._stage_camera)
         self.collector = SetCollector(p.num_cameras, p.sync_slop_s, p.sync_timeout_s, p.missing_camera_policy,
-                                      p.min_cameras)
-        self.worker = LatestWorker(self._process, on_error=self._on_worker_error)
+                                      p.min_cameras, new_ctx=self._new_stage, on_drop=SetStage.drop)
+        self.worker = LatestWorker(self._process, on_error=self._on_worker_error,
+                                   on_discard=lambda cs: cs.ctx.drop() if cs.ctx is not None else None)
         self._history_resets = 0  # collector resets already applied to the detector's temporal history
         self.stats = Counter()  # cumulative event counts, written by the inference thread
         self._window_base = Counter()
@@ -109,6 +135,17 @@ class DetectorNode(Node):
         self._det_builder = messages.DetectionArrayBuilder()
         self._marker_builder = messages.MarkerArrayBuilder(p.marker_lifetime_s, p.marker_text)  # built on demand
         self.pub_det = self.create_publisher(Detection3DArray, "~/output/detections", out_qos)
+        self.pub_objects = None
+        if p.publish_objects:
+            try:
+                from autoware_perception_msgs.msg import DetectedObjects
+            except ImportError as exc:
+                raise params.ParamError(
+                    "parameter 'publish_objects' = True needs autoware_perception_msgs, which is not importable. "
+                    "Fix: install it (ros-<distro>-autoware-perception-msgs, or tools/setup_env.py without a ROS "
+                    "install) or set publish_objects: false") from exc
+            self._objects_builder = messages.DetectedObjectsBuilder()
+            self.pub_objects = self.create_publisher(DetectedObjects, "~/output/objects", out_qos)
         self.pub_markers = self.create_publisher(MarkerArray, "~/output/markers", out_qos) \
             if p.publish_markers else None
         self.pub_labels = self.create_publisher(LabelInfo, "~/output/label_info", _qos("reliable", 1, True))
@@ -117,6 +154,9 @@ class DetectorNode(Node):
         self.pub_time = {k: self.create_publisher(Float64, f"~/debug/processing_time/{k}_ms", dbg)
                          for k in ("preprocess", "inference", "postprocess", "total")}
         self.pub_latency = self.create_publisher(Float64, "~/debug/pipeline_latency_ms", dbg)
+        from diagnostic_msgs.msg import DiagnosticStatus
+
+        self.pub_stages = self.create_publisher(DiagnosticStatus, "~/debug/stage_times_ms", dbg)
         self.pub_labels.publish(messages.label_info(self.detector.class_names, p.score_threshold))
 
         # Inputs
@@ -128,9 +168,15 @@ class DetectorNode(Node):
 
         in_qos = _qos(p.input_reliability, p.input_depth)
         img_type = CompressedImage if p.image_transport == "compressed" else Image
+        self._compressed = p.image_transport == "compressed"
         self._subs = []
+        # Images arrive serialized (raw=True): only the header is read in the callback, the pixels of a set are
+        # converted when it is staged (raw_image.py). Not through message_filters: it cannot hand over serialized
+        # messages, and the node synchronises with its own collector.
         for i, topic in enumerate(p.subscribed_image_topics()):
-            self._subs.append(subscribe(self, img_type, topic, in_qos, functools.partial(self._on_image, i)))
+            cb = (functools.partial(self._on_image, i) if _MESSAGE_INFO else
+                  functools.partial(self._on_image_no_info, i))
+            self._subs.append(self.create_subscription(img_type, topic, cb, in_qos, raw=True))
         quiet = SubscriptionEventCallbacks(incompatible_qos=lambda _e: None)
         for i, topic in enumerate(p.camera_info_topics):
             cb = functools.partial(self._on_info, i)
@@ -146,23 +192,57 @@ class DetectorNode(Node):
             f"ready: {p.num_cameras} cameras {self.names} ({p.image_transport}, input QoS "
             f"{p.input_reliability}/depth {p.input_depth}), target_frame '{p.target_frame}', sync slop "
             f"{p.sync_slop_s * 1e3:.0f} ms timeout {p.sync_timeout_s:.2f} s policy {p.missing_camera_policy}; "
-            f"model {self.detector.describe()}; ROS packages: {backends()}")
+            f"model {self.detector.describe()} (warm-up {self.warmup_s:.1f} s); "
+            f"outputs: detections{', objects' if self.pub_objects else ''}"
+            f"{', markers' if self.pub_markers else ''}; ROS packages: {backends()}")
 
     # -- callbacks (hand off only) -----------------------------------------------------------------------------
-    def _on_image(self, cam: int, msg) -> None:
-        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+    def _on_image(self, cam: int, raw: bytes, info) -> None:
+        self._on_image_no_info(cam, raw, info.get("received_timestamp") if info else None)
+
+    def _on_image_no_info(self, cam: int, raw: bytes, received_ns: int | None = None) -> None:
+        """A camera's serialized image: read its header, hand it to the collector, queue its staging."""
+        received_ns = received_ns or wall_ns()  # the middleware's reception time where rclpy gives it (Iron+)
+        try:
+            item = raw_image.parse(raw, self._compressed)
+            if item is None:  # a big-endian payload: deserialise (never written by current ROS 2 platforms)
+                item = raw_image.from_message(raw, self._compressed)
+        except raw_image.RawImageError as exc:
+            self.stats["input_errors"] += 1
+            self._warn("image", str(exc), f"{self.names[cam]}: undecodable image message, dropped: {exc}")
+            return
+        item.received_ns = received_ns
+        now = time.monotonic()
         with self._lock:
-            ready = self.collector.add(cam, stamp_ns, msg, time.monotonic())
+            ready = self.collector.add(cam, item.stamp_ns, item, now)
+            st = self.collector.last_ctx
             reset = self.collector.reset_pending
             self.collector.reset_pending = False
             jump_s = self.collector.last_jump_ns / 1e9
         if reset:  # once per loop: the old stream's images still in flight are dropped as late, no second reset
             self.tf.clear()
             self.get_logger().warning(
-                f"{self.names[cam]}: stamp went backwards by {jump_s:.3f} s (to {stamp_ns / 1e9:.3f} s): bag loop "
-                f"or replay restart; synchroniser and dynamic TF reset")
+                f"{self.names[cam]}: stamp went backwards by {jump_s:.3f} s (to {item.stamp_ns / 1e9:.3f} s): bag "
+                f"loop or replay restart; synchroniser and dynamic TF reset")
+        if st is not None:
+            st.items[cam] = item
+            if st.first_received_ns is None:
+                self.policy.new_set(now)
+            st.first_received_ns = min(st.first_received_ns or received_ns, received_ns)
+            st.last_received_ns = max(st.last_received_ns or received_ns, received_ns)
+            if self.policy.stage_now(now):
+                self.stager.offer(st, cam)
+        self._submit(ready)
+
+    def _submit(self, ready: list[CameraSet]) -> None:
         for s in ready:
+            if s.ctx is not None:
+                s.ctx.ready_ns = wall_ns()
             self.worker.submit(s)
+
+    def _new_stage(self) -> SetStage:
+        return SetStage(self.p.num_cameras, lambda blocking: self.detector.acquire_slot(self.p.num_cameras, blocking),
+                        self.detector.release_slot)
 
     def _on_info(self, cam: int, msg) -> None:
         self._infos[cam] = msg
@@ -170,13 +250,21 @@ class DetectorNode(Node):
     def _on_poll(self) -> None:
         with self._lock:
             ready = self.collector.poll(time.monotonic())
-        for s in ready:
-            self.worker.submit(s)
+        self._submit(ready)
 
     # -- inference thread ----------------------------------------------------------------------------------------
     def _process(self, cs: CameraSet) -> None:
+        st: SetStage = cs.ctx
+        t_pick = wall_ns()
+        self.policy.started(time.monotonic())
+        try:
+            self._run_set(cs, st, t_pick)
+        finally:
+            st.drop()  # the input slot goes back, the raw images are let go
+            self.policy.finished(time.monotonic())
+
+    def _run_set(self, cs: CameraSet, st: SetStage, t_pick: int) -> None:
         p, log = self.p, self.get_logger()
-        t0 = time.perf_counter()
         cams = cs.present
         try:
             for i in cams:
@@ -187,9 +275,10 @@ class DetectorNode(Node):
                 self.calib.update_info(i, info)
             while self.calib.warnings:
                 log.warning(self.calib.warnings.pop(0))
-            images = [self._to_rgb(i, cs.items[i]) for i in cams]
+            st.finish(cams, self._stage_camera)  # what the staging thread has not done yet
+            t_staged = wall_ns()
             calib = self.calib.resolve(
-                cams, [cs.items[i].header.frame_id for i in cams], [(im.shape[1], im.shape[0]) for im in images],
+                cams, [cs.items[i].frame_id for i in cams], [st.slot.sizes[i] for i in cams],
                 [cs.stamps_ns[i] for i in cams], self.tf.lookup_matrix, p.tf_timeout_s, p.fixed_frame,
                 self.tf.exceptions)
         except ImageError as exc:
@@ -215,10 +304,10 @@ class DetectorNode(Node):
         if resets != self._history_resets:  # time jumped back: the kept previous frames are not this set's past
             self._history_resets = resets
             self.detector.reset_history()
-        t1 = time.perf_counter()
-        det = self.detector.detect(images, calib.Ks, calib.cam2target, cameras=cams,
-                                   stamp_ns=calib.reference_stamp_ns, ego_pose=calib.ego_pose)
-        t2 = time.perf_counter()
+        t_calib = wall_ns()
+        det = self.detector.detect_slot(st.slot, cams, calib.Ks, calib.cam2target,
+                                        stamp_ns=calib.reference_stamp_ns, ego_pose=calib.ego_pose)
+        t_det = wall_ns()
         if det.missing_prev:
             self.stats["temporal_fallback_sets"] += 1
             self._warn("temporal", "", f"{det.missing_prev} previous frame(s) without history (start-up, a gap, "
@@ -226,29 +315,69 @@ class DetectorNode(Node):
                                        f"for them, as at the start of a training scene")
         if det.nonfinite:
             self.stats["nonfinite"] += det.nonfinite
-            self._warn("nonfinite", "", f"{det.nonfinite} non-finite model outputs (BEV cells/boxes) dropped "
+            self._warn("nonfinite", "", f"{det.nonfinite} candidate boxes with non-finite model outputs dropped "
                                         f"(set at {cs.stamp_ns / 1e9:.3f} s): check the checkpoint", error=True)
         stamp = calib.reference_stamp_ns  # the latest camera's: the frame the boxes are expressed at
         self.pub_det.publish(self._det_builder.build(det, stamp, p.target_frame))
+        t_pub = wall_ns()
+        if self.pub_objects is not None:
+            self.pub_objects.publish(self._objects_builder.build(det, stamp, p.target_frame))
         self._publish_markers(det, stamp)
-        t3 = time.perf_counter()
+        t_end = wall_ns()
         self.stats["published"] += 1
         self.stats["boxes"] += len(det.boxes)
-        # Stage times: the model's own preprocessing (resize/normalise on its device) counts as preprocess,
-        # its forward pass (network + box decoding) as inference.
-        pre = (t1 - t0) * 1e3 + det.timing_ms.get("preprocess", 0.0)
-        inf = det.timing_ms.get("forward", (t2 - t1) * 1e3)
-        total = (t3 - t0) * 1e3
-        timing = {"preprocess": pre, "inference": inf, "postprocess": max(0.0, total - pre - inf), "total": total}
+        self._report_times(cs, st, det, t_pick, t_staged, t_calib, t_det, t_pub, t_end, stamp)
+
+    def _report_times(self, cs, st, det, t_pick, t_staged, t_calib, t_det, t_pub, t_end, stamp) -> None:
+        """Per-set times (ms), from the first image's arrival (the middleware's reception time) to the outputs:
+        ``~/debug/stage_times_ms`` (every stage below), the Autoware-style
+        ``~/debug/processing_time/*_ms`` (from the moment the inference thread took the set) and
+        ``~/debug/pipeline_latency_ms``. ``overhead`` = the node's own time on the set's path: first arrival to
+        the detections published, minus the model forward, minus the time spent waiting for the set's other images
+        (``transport``; a partial set's sync timeout too) and for the model to finish the previous set
+        (``queue``). Camera work done while waiting (staging on arrival) costs nothing here."""
+        ms = 1e-6
+        first, last = st.first_received_ns or t_pick, st.last_received_ns or t_pick
+        ready = getattr(st, "ready_ns", None) or t_pick
+        fwd = det.timing_ms.get("forward", 0.0)
+        times = {
+            "transport": (last - first) * ms,
+            "sync": max(0, ready - last) * ms,
+            "queue": max(0, t_pick - ready) * ms,
+            "staging": (t_staged - t_pick) * ms,
+            "calibration": (t_calib - t_staged) * ms,
+            "forward": fwd,
+            "decode": det.timing_ms.get("postprocess", 0.0),
+            "detect_other": max(0.0, (t_det - t_calib) * ms - fwd - det.timing_ms.get("postprocess", 0.0)),
+            "publish": (t_pub - t_det) * ms,
+            "other_outputs": (t_end - t_pub) * ms,
+            "receive_to_publish": (t_pub - first) * ms,
+        }
+        waits = times["transport"] + times["queue"] + (0.0 if cs.complete else times["sync"])
+        times["overhead"] = times["receive_to_publish"] - fwd - waits
+        times["staged_on_arrival"] = float(sum(1 for i in cs.present if not st.staged_by_worker[i]))
+        pre = times["staging"] + times["calibration"] + det.timing_ms.get("preprocess", 0.0)
+        total = (t_end - t_pick) * ms
+        timing = {"preprocess": pre, "inference": fwd, "postprocess": max(0.0, total - pre - fwd), "total": total,
+                  "overhead": times["overhead"], "receive_to_publish": times["receive_to_publish"]}
         self.last_timing = timing
-        if total > p.max_processing_time_ms:
+        if total > self.p.max_processing_time_ms:
             self.stats["slow"] += 1
+        from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
         from std_msgs.msg import Float64
 
         for k, pub in self.pub_time.items():
             pub.publish(Float64(data=float(timing[k])))
         latency_ms = (self.get_clock().now().nanoseconds - stamp) / 1e6
         self.pub_latency.publish(Float64(data=float(latency_ms)))
+        self.pub_stages.publish(DiagnosticStatus(
+            name="stage_times_ms", hardware_id=self.get_fully_qualified_name(),
+            message=f"{stamp}", values=[KeyValue(key=k, value=f"{v:.4f}") for k, v in times.items()]))
+
+    def _stage_camera(self, st: SetStage, cam: int) -> None:
+        """One camera's work (staging thread or inference thread): convert the image, preprocess it into the set's
+        input slot."""
+        self.detector.stage(st.slot, cam, self._to_rgb(cam, st.items[cam]))
 
     def _publish_markers(self, det, stamp_ns: int) -> None:
         """Markers for an output, built only while someone subscribes; their lifetime follows the measured output
@@ -263,13 +392,22 @@ class DetectorNode(Node):
         self.pub_markers.publish(self._marker_builder.build(det, stamp_ns, self.p.target_frame))
         self.stats["markers_published"] += 1
 
-    def _to_rgb(self, cam: int, msg) -> np.ndarray:
+    def _to_rgb(self, cam: int, item: raw_image.RawImage) -> np.ndarray:
+        """A camera's image as ``(H, W, 3)`` uint8 RGB: cv_bridge on the deserialised message where cv_bridge is
+        installed (a vehicle), else the in-package conversion of the serialized bytes (rgb8: a view, no copy;
+        other encodings into a buffer reused per thread and camera)."""
         name = f"{self.names[cam]} image"
-        if self.p.image_transport == "compressed":
+        msg = item.message() if self._bridge else item
+        if item.compressed:
             return compressed_to_rgb(msg, name)
-        out = image_to_rgb(msg, name, out=self._rgb_out[cam])
+        if self._bridge:
+            return image_to_rgb(msg, name)
+        bufs = getattr(self._bufs, "rgb", None)
+        if bufs is None:
+            bufs = self._bufs.rgb = [None] * self.p.num_cameras
+        out = image_to_rgb(item, name, out=bufs[cam])
         if out.flags.owndata:  # converted (not a view on the message): reuse the array for the next frame
-            self._rgb_out[cam] = out
+            bufs[cam] = out
         return out
 
     def _on_worker_error(self, exc: BaseException) -> None:
@@ -369,8 +507,9 @@ class DetectorNode(Node):
             self.get_clock().now().to_msg()))
 
     def shutdown(self) -> None:
-        """Stop the inference thread (the item in progress finishes)."""
+        """Stop the inference and staging threads (the item in progress finishes)."""
         self.worker.stop()
+        self.stager.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,6 @@
-"""Detections -> ROS messages: ``vision_msgs/Detection3DArray``, RViz ``MarkerArray``, latched ``LabelInfo`` and
-``diagnostic_msgs/DiagnosticArray``.
+"""Detections -> ROS messages: ``vision_msgs/Detection3DArray``, optionally
+``autoware_perception_msgs/DetectedObjects`` (which carries the velocity), RViz ``MarkerArray``, latched
+``LabelInfo`` and ``diagnostic_msgs/DiagnosticArray``.
 
 Conventions (``docs/node.md``, ``geometry.py``): boxes are in ``frame_id`` (the node's ``target_frame``, x forward,
 y left, z up, metres); ``header.stamp`` is the source camera set's stamp, never ``now()``; ``bbox.center`` is the
@@ -180,6 +181,98 @@ class MarkerArrayBuilder:
                     p.x, p.y, p.z = c[i][0], c[i][1], c[i][2] + sz[i][2] / 2 + 0.4
                     markers.append(t)
         self._array.markers = markers
+        return self._array
+
+
+# nuScenes detection name -> autoware_perception_msgs/ObjectClassification label. Autoware has no class for
+# barriers, traffic cones or construction vehicles: cones and barriers are UNKNOWN (the constants that exist in
+# every released version; 1.8+ also has HAZARD), construction vehicles TRUCK.
+AUTOWARE_LABELS: dict[str, str] = {
+    "car": "CAR", "truck": "TRUCK", "construction_vehicle": "TRUCK", "bus": "BUS", "trailer": "TRAILER",
+    "barrier": "UNKNOWN", "motorcycle": "MOTORCYCLE", "bicycle": "BICYCLE", "pedestrian": "PEDESTRIAN",
+    "traffic_cone": "UNKNOWN",
+}
+# DetectedObjectKinematics.orientation_availability per class, as nuScenes scores the heading: not at all for
+# traffic cones (round), up to a half turn for barriers, fully for everything else (the model predicts sin and cos).
+ORIENTATION: dict[str, str] = {"traffic_cone": "UNAVAILABLE", "barrier": "SIGN_UNKNOWN"}
+
+
+def velocity_in_object_frame(boxes: np.ndarray) -> np.ndarray:
+    """``(N, 2)`` velocity of boxes ``(N, 9)`` (``vx, vy`` in the boxes' frame, m/s) in each object's own frame
+    (x along its heading ``yaw``, y to its left): Autoware's convention for ``twist_with_covariance``."""
+    c, s_ = np.cos(boxes[:, 6]), np.sin(boxes[:, 6])
+    vx, vy = boxes[:, 7], boxes[:, 8]
+    return np.stack([c * vx + s_ * vy, -s_ * vx + c * vy], axis=1)
+
+
+def velocity_from_object_frame(yaw: np.ndarray, twist_xy: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`velocity_in_object_frame`: ``(N, 2)`` twist in the object frame -> ``vx, vy``."""
+    c, s_ = np.cos(yaw), np.sin(yaw)
+    tx, ty = twist_xy[:, 0], twist_xy[:, 1]
+    return np.stack([c * tx - s_ * ty, s_ * tx + c * ty], axis=1)
+
+
+class DetectedObjectsBuilder:
+    """Builds ``autoware_perception_msgs/DetectedObjects`` (pooled like :class:`DetectionArrayBuilder`).
+
+    Per box: ``existence_probability`` = the score, one classification (:data:`AUTOWARE_LABELS`, probability 1.0,
+    as Autoware's CenterPoint node), ``kinematics.pose_with_covariance.pose`` = the box centre and heading,
+    ``orientation_availability`` (:data:`ORIENTATION`), ``twist_with_covariance.twist.linear`` = the predicted
+    velocity in the object's frame (:func:`velocity_in_object_frame`; ``has_twist`` true), ``shape`` a
+    BOUNDING_BOX with ``dimensions`` = (l, w, h). The model predicts no uncertainty: both covariances stay zero
+    with ``has_position_covariance`` and ``has_twist_covariance`` false.
+    """
+
+    def __init__(self):
+        from autoware_perception_msgs.msg import DetectedObjectKinematics, DetectedObjects, ObjectClassification
+        from std_msgs.msg import Header
+
+        self._header = Header()
+        self._array = DetectedObjects(header=self._header)
+        self._pool: list = []
+        self._labels = {n: getattr(ObjectClassification, lab) for n, lab in AUTOWARE_LABELS.items()}
+        self._unknown = ObjectClassification.UNKNOWN
+        self._orient = {n: getattr(DetectedObjectKinematics, v) for n, v in ORIENTATION.items()}
+        self._available = DetectedObjectKinematics.AVAILABLE
+
+    def _new(self):
+        from autoware_perception_msgs.msg import DetectedObject, ObjectClassification, Shape
+
+        o = DetectedObject()
+        o.classification = [ObjectClassification(probability=1.0)]
+        o.shape.type = Shape.BOUNDING_BOX
+        o.kinematics.has_twist = True
+        return o
+
+    def build(self, det: "Detections", stamp_ns: int, frame_id: str):
+        """The message for ``det`` (boxes in ``frame_id``); valid until the next call."""
+        self._header.stamp = stamp_msg(stamp_ns)
+        self._header.frame_id = frame_id
+        boxes = np.asarray(det.boxes, dtype=np.float64)
+        n = len(boxes)
+        while len(self._pool) < n:
+            self._pool.append(self._new())
+        if n:
+            centres, quats = _poses(boxes)
+            c, q, sz = centres.tolist(), quats.tolist(), boxes[:, 3:6].tolist()
+            v = velocity_in_object_frame(boxes).tolist()
+            scores, names = det.scores.tolist(), det.names
+            for i in range(n):
+                o = self._pool[i]
+                name = names[i]
+                o.existence_probability = scores[i]
+                o.classification[0].label = self._labels.get(name, self._unknown)
+                k = o.kinematics
+                k.orientation_availability = self._orient.get(name, self._available)
+                pose = k.pose_with_covariance.pose
+                p, r = pose.position, pose.orientation
+                p.x, p.y, p.z = c[i]
+                r.x, r.y, r.z, r.w = q[i]
+                lin = k.twist_with_covariance.twist.linear
+                lin.x, lin.y = v[i]
+                d = o.shape.dimensions
+                d.x, d.y, d.z = sz[i]
+        self._array.objects = self._pool[:n]
         return self._array
 
 

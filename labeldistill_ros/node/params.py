@@ -40,6 +40,7 @@ class NodeParams:
     checkpoint: str = ""
     device: str = "auto"
     precision: str = "fp32"
+    backend: str = "eager"
     score_threshold: float = 0.3
     max_detections: int = 200
     target_frame: str = "base_link"
@@ -53,6 +54,7 @@ class NodeParams:
     input_depth: int = 5
     output_reliability: str = "reliable"
     output_depth: int = 10
+    publish_objects: bool = False
     publish_markers: bool = True
     marker_lifetime_s: float = 0.25
     marker_text: bool = True
@@ -138,6 +140,9 @@ SPECS: dict[str, Spec] = {
     "device": Spec(str, "auto (cuda if available; a CPU fallback is logged and a diagnostic WARN) | cpu | cuda | "
                         "cuda:N.", _device),
     "precision": Spec(str, "fp32 | fp16 (fp16 on cuda only).", _choice("fp32", "fp16")),
+    "backend": Spec(str, "eager | compiled (torch.compile of the convolutional parts; compiled and checked "
+                         "against eager during the start-up warm-up: minutes on a CPU, then faster sets).",
+                    _choice("eager", "compiled")),
     "score_threshold": Spec(float, "Minimum detection score, [0, 1].", _range(0.0, 1.0)),
     "max_detections": Spec(int, "At most this many boxes per set (highest scores).", _range(1)),
     "target_frame": Spec(str, "Frame of the published boxes (x forward, y left, z up).", _nonempty_str),
@@ -161,6 +166,9 @@ SPECS: dict[str, Spec] = {
     "output_reliability": Spec(str, "reliable | best_effort for detections and markers.",
                                _choice("best_effort", "reliable")),
     "output_depth": Spec(int, "History depth of the outputs.", _range(1)),
+    "publish_objects": Spec(bool, "Also publish autoware_perception_msgs/DetectedObjects on ~/output/objects "
+                                  "(Autoware labels, twist in the object frame: the velocity that "
+                                  "Detection3DArray cannot carry)."),
     "publish_markers": Spec(bool, "Publish visualization_msgs/MarkerArray for RViz."),
     "marker_lifetime_s": Spec(float, "Shortest marker lifetime, s: the markers live max(this, 3 x the measured "
                                      "output period), so they do not blink at low output rates and vanish "

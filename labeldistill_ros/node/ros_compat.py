@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..geometry import matrix_to_quat, quat_to_matrix, slerp_quat
+from ..geometry import invert_rigid, matrix_to_quat, quat_to_matrix, slerp_quat
 
 MODE_ENV = "LABELDISTILL_ROS_COMPAT"
 OPTIONAL = ("tf2_ros", "message_filters", "cv_bridge")
@@ -265,7 +265,7 @@ class TransformBuffer:
         for c in up_t[:up_t.index(common)]:
             T_t = self._edge(c, t_ns, target, source) @ T_t
         # T_s maps source -> common, T_t maps target -> common.
-        return np.linalg.inv(T_t) @ T_s, t_ns
+        return invert_rigid(T_t) @ T_s, t_ns
 
 
 def _matrix_to_msg(T: np.ndarray, target: str, source: str, stamp_ns: int):

@@ -38,7 +38,7 @@ Stamps are integers in nanoseconds (header stamps), receive times floats in seco
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 
 @dataclass
@@ -49,6 +49,7 @@ class CameraSet:
     stamps_ns: list[int | None]
     first_receive_s: float
     complete: bool
+    ctx: Any = None  # the owner's per-set context (``new_ctx``), created with the set's first image
 
     @property
     def present(self) -> list[int]:
@@ -84,6 +85,7 @@ class _Open:
     first_receive_s: float
     lo: int
     hi: int
+    ctx: Any = None
 
 
 @dataclass
@@ -97,7 +99,11 @@ class SetCollector:
     """Collects per-camera messages into sets. ``add`` and ``poll`` return the sets ready for inference."""
 
     def __init__(self, num_cameras: int, slop_s: float, timeout_s: float, policy: str = "drop_set",
-                 min_cameras: int = 1, max_open: int = 8):
+                 min_cameras: int = 1, max_open: int = 8, new_ctx: Callable[[], Any] | None = None,
+                 on_drop: Callable[[Any], None] | None = None):
+        """``new_ctx()``: a context object for each new set (``CameraSet.ctx``; :attr:`last_ctx` names the set the
+        last image joined); ``on_drop(ctx)``: called for a set closed without being emitted (incomplete,
+        superseded by a complete newer set, a reset)."""
         if num_cameras < 1:
             raise ValueError("num_cameras must be >= 1")
         if policy not in ("drop_set", "skip_camera"):
@@ -118,6 +124,8 @@ class SetCollector:
         self._stale: set[int] = set()  # cameras missing from the last timed-out set and silent since
         self.reset_pending = False  # set on a reset; the owner clears it after acting (e.g. clearing TF)
         self.last_jump_ns = 0  # size of the last jump back: previous epoch's newest stamp - the new stamp
+        self._new_ctx, self._on_drop = new_ctx, on_drop
+        self.last_ctx: Any = None  # context of the set the last added image joined (None: late / dropped)
 
     # -- public -------------------------------------------------------------------------------------------------
     def add(self, cam: int, stamp_ns: int, item: Any, receive_s: float) -> list[CameraSet]:
@@ -125,6 +133,7 @@ class SetCollector:
         if not 0 <= cam < self.n:
             raise IndexError(f"camera index {cam} out of range 0..{self.n - 1}")
         self.counters.images += 1
+        self.last_ctx = None
         if cam in self._pending:
             if self._is_leftover(cam, stamp_ns):
                 self.counters.late_images += 1
@@ -150,19 +159,21 @@ class SetCollector:
             if any(s.stamps[cam] == stamp_ns for s in self._open):  # duplicate delivery
                 self.counters.late_images += 1
                 return []
-            target = _Open([None] * self.n, [None] * self.n, receive_s, stamp_ns, stamp_ns)
+            target = _Open([None] * self.n, [None] * self.n, receive_s, stamp_ns, stamp_ns,
+                           self._new_ctx() if self._new_ctx is not None else None)
             self._open.append(target)
             self._open.sort(key=lambda s: s.lo)
         target.items[cam] = item
         target.stamps[cam] = stamp_ns
         target.lo, target.hi = min(target.lo, stamp_ns), max(target.hi, stamp_ns)
+        self.last_ctx = target.ctx
         out: list[CameraSet] = []
         if all(s is not None for s in target.stamps):
             # Everything older than a complete set is stale: close it without emitting.
             for old in [s for s in self._open if s is not target and s.lo <= target.lo]:
                 self._close(old, emitted=False)
             self._close(target, emitted=True)
-            out.append(CameraSet(target.items, target.stamps, target.first_receive_s, True))
+            out.append(CameraSet(target.items, target.stamps, target.first_receive_s, True, target.ctx))
             self.counters.complete_sets += 1
         elif self.policy == "skip_camera" and self._live_present(target):
             for old in [s for s in self._open if s is not target and s.lo <= target.lo]:
@@ -183,6 +194,8 @@ class SetCollector:
         """Forget all open sets and the history (stamps went backwards: a bag loop or a replay restart). Called by
         ``add`` once per loop; called directly, nothing of the old stream is remembered (no leftover rule)."""
         self.counters.incomplete_sets += len(self._open)
+        for s in self._open:
+            self._dropped(s)
         self._open.clear()
         self._last_closed = None
         self._last_stamp = [None] * self.n
@@ -255,12 +268,17 @@ class SetCollector:
         if not emit:
             return []
         self.counters.partial_sets += 1
-        return [CameraSet(s.items, s.stamps, s.first_receive_s, False)]
+        return [CameraSet(s.items, s.stamps, s.first_receive_s, False, s.ctx)]
+
+    def _dropped(self, s: _Open) -> None:
+        if self._on_drop is not None and s.ctx is not None:
+            self._on_drop(s.ctx)
 
     def _close(self, s: _Open, emitted: bool) -> None:
         self._open.remove(s)
         if not emitted:
             self.counters.incomplete_sets += 1
+            self._dropped(s)
         cams = frozenset(i for i, x in enumerate(s.stamps) if x is not None)
         if self._last_closed is None or s.hi >= self._last_closed.hi:
             self._last_closed = _Closed(s.lo, s.hi, cams)

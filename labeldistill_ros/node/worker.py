@@ -17,9 +17,12 @@ class LatestWorker:
     """Runs ``process(item)`` on a daemon thread for the most recent item submitted."""
 
     def __init__(self, process: Callable[[Any], None], on_error: Callable[[BaseException], None] | None = None,
-                 name: str = "labeldistill-inference"):
+                 name: str = "labeldistill-inference", on_discard: Callable[[Any], None] | None = None):
+        """``on_discard(item)``: called for an item that will never be processed (superseded in the slot, or
+        pending at :meth:`stop`), e.g. to free what it holds."""
         self._process = process
         self._on_error = on_error
+        self._on_discard = on_discard
         self._cond = threading.Condition()
         self._item: Any = None
         self._has_item = False
@@ -34,12 +37,16 @@ class LatestWorker:
 
     def submit(self, item: Any) -> None:
         """Hand ``item`` over (non-blocking). A not-yet-started older item is discarded."""
+        old = None
         with self._cond:
             if self._has_item:
                 self.superseded += 1
+                old = self._item
             self._item, self._has_item = item, True
             self.submitted += 1
             self._cond.notify()
+        if old is not None and self._on_discard is not None:
+            self._on_discard(old)
 
     @property
     def busy(self) -> bool:
@@ -60,7 +67,10 @@ class LatestWorker:
         """Stop the thread after the item in progress (a pending one is dropped)."""
         with self._cond:
             self._stop = True
+            pending, self._item, self._has_item = (self._item if self._has_item else None), None, False
             self._cond.notify()
+        if pending is not None and self._on_discard is not None:
+            self._on_discard(pending)
         if self._thread is not threading.current_thread():
             self._thread.join(timeout_s)
 
