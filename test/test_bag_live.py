@@ -70,30 +70,36 @@ def test_raw_image_bag_gives_the_same_detections(offline, make_bag, checkpoint):
 
 
 def test_live_replay_equals_offline(offline, bag, checkpoint, nusc_dataset, tmp_path):
-    from labeldistill_training.tools.bag_eval import NODE_OUTPUT, frames_from_topic, run_live, score
+    """Live (the node publishing Detection3DArray and DetectedObjects) = offline, velocities included: the
+    DetectedObjects twists give the live boxes the velocities the offline Detector predicts."""
+    from labeldistill_training.tools.bag_eval import NODE_OBJECTS, NODE_OUTPUT, frames_from_topic, run_live, score
 
     log = tmp_path / "node.log"
     live = run_live(bag, str(checkpoint), device="cpu", score_threshold=THRESHOLD, lockstep=True, log_path=log,
-                    record_path=tmp_path / "recording")
+                    record_path=tmp_path / "recording", objects=True)
     assert len(live.frames) == len(offline.frames), log.read_text()[-3000:]
     for lf, of in zip(sorted(live.frames, key=lambda f: f.stamp_ns), offline.frames):
         assert lf.stamp_ns == of.stamp_ns and lf.frame_id == of.frame_id
         assert lf.names == of.names
         np.testing.assert_allclose(lf.scores, of.scores, atol=1e-5)
-        # The message carries x, y, z, l, w, h and a yaw quaternion (no velocity field).
+        # Detection3DArray carries x, y, z, l, w, h and a yaw quaternion; DetectedObjects the velocity.
         np.testing.assert_allclose(lf.boxes[:, :6], of.boxes[:, :6], atol=1e-4)
         dyaw = np.angle(np.exp(1j * (lf.boxes[:, 6] - of.boxes[:, 6])))
         np.testing.assert_allclose(dyaw, 0.0, atol=1e-4)
+        np.testing.assert_allclose(lf.boxes[:, 7:9], of.boxes[:, 7:9], atol=1e-4)
+    assert live.info["frames_with_velocity"] == len(live.frames)
+    assert np.abs(np.concatenate([f.boxes[:, 7:9] for f in live.frames])).max() > 0
     assert len(live.latency_ms) == len(live.frames) and all(v > 0 for v in live.latency_ms)
     # The recording (rosbags + rclpy serialisation) holds the same detections.
-    rec = frames_from_topic(tmp_path / "recording", NODE_OUTPUT).frames
+    rec = frames_from_topic(tmp_path / "recording", NODE_OUTPUT, NODE_OBJECTS).frames
     assert [f.stamp_ns for f in rec] == [f.stamp_ns for f in live.frames]
     for a, b in zip(rec, live.frames):
         np.testing.assert_array_equal(a.boxes, b.boxes)
-    # Both go through the same scorer; equal boxes give equal mAP (velocity only changes mAVE).
+    # Both go through the same scorer; equal boxes and velocities give equal mAP and mAVE.
     rep_live = score(bag, live, str(nusc_dataset[0]), nusc_dataset[1], tmp_path / "live", bev=1)
     rep_off = score(bag, offline, str(nusc_dataset[0]), nusc_dataset[1], tmp_path / "offline", bev=0)
     assert rep_live["mAP"] == pytest.approx(rep_off["mAP"], abs=1e-6)
+    assert rep_live["tp_errors"]["vel_err"] == pytest.approx(rep_off["tp_errors"]["vel_err"], abs=1e-3)
     assert rep_live["drop_rate"] == rep_off["drop_rate"] == 0.0
     saved = json.loads((tmp_path / "live" / "bag_eval.json").read_text())
     assert saved["mode"] == "live-lockstep" and saved["latency_ms"]["count"] == len(live.frames)
@@ -144,3 +150,26 @@ def test_cameras_firing_at_different_times_like_real_nuscenes(nusc_dataset, chec
     assert run.info["uncompensated_sets"] == 0
     rep = score(bag, run, str(root), nusc_dataset[1], tmp_path / "eval", bev=0)
     assert rep["drop_rate"] == 0.0 and rep["matched_key_frames"] == 2
+
+
+def test_live_bag_eval_cli_scores_the_velocity_with_autoware(bag, checkpoint, nusc_dataset, tmp_path, capsys):
+    """``labeldistill-bag-eval live --autoware``: the node's DetectedObjects are recorded next to its detections,
+    their velocities reach the results JSON and mAVE is the model's (finite; the lead runs the mAVE < 1.5 check on
+    the demo scenes with the demo student the same way)."""
+    from labeldistill_training.tools.bag_eval import main
+
+    out = tmp_path / "eval"
+    assert main(["live", "--bag", str(bag), "--dataroot", str(nusc_dataset[0]), "--version", nusc_dataset[1],
+                 "--out", str(out), "--checkpoint", str(checkpoint), "--lockstep", "--autoware",
+                 "--score-threshold", str(THRESHOLD), "--bev", "0"]) == 0
+    rep = json.loads((out / "bag_eval.json").read_text())
+    assert rep["velocity_source"].startswith("DetectedObjects") and rep["drop_rate"] == 0.0
+    assert np.isfinite(rep["tp_errors"]["vel_err"])
+    results = json.loads((out / "results_nusc.json").read_text())["results"]
+    vel = np.array([b["velocity"] for boxes in results.values() for b in boxes])
+    assert len(vel) and np.isfinite(vel).all() and np.abs(vel).max() > 0
+    from labeldistill_ros.bag.reader import BagReader
+
+    with BagReader(out / "recording") as r:  # the run's recording keeps both outputs
+        assert "/labeldistill_detector/output/objects" in r.topics()
+    assert "velocity from: DetectedObjects" in capsys.readouterr().out

@@ -162,6 +162,48 @@ def detections_from_msg(msg, velocities: np.ndarray | None = None) -> BoxFrame:
     return BoxFrame(stamp_to_ns(msg.header.stamp), msg.header.frame_id, boxes, names, scores, ids)
 
 
+def velocities_from_objects(msg) -> tuple[int, np.ndarray, np.ndarray]:
+    """autoware_perception_msgs/DetectedObjects -> ``(stamp_ns, centres (N, 3), velocities (N, 2))`` in the
+    message frame (m, m/s): each object's twist (x along its heading, y to its left) turned by its heading."""
+    n = len(msg.objects)
+    centres, yaw, twist = np.zeros((n, 3)), np.zeros(n), np.zeros((n, 2))
+    for i, o in enumerate(msg.objects):
+        k = o.kinematics
+        p, q = k.pose_with_covariance.pose.position, k.pose_with_covariance.pose.orientation
+        centres[i] = (p.x, p.y, p.z)
+        yaw[i] = np.arctan2(2.0 * (q.w * q.z + q.x * q.y), 1.0 - 2.0 * (q.y * q.y + q.z * q.z))
+        if k.has_twist:
+            twist[i] = (k.twist_with_covariance.twist.linear.x, k.twist_with_covariance.twist.linear.y)
+    c, s_ = np.cos(yaw), np.sin(yaw)
+    v = np.stack([c * twist[:, 0] - s_ * twist[:, 1], s_ * twist[:, 0] + c * twist[:, 1]], axis=1)
+    return stamp_to_ns(msg.header.stamp), centres, v
+
+
+def attach_velocities(frames: list[BoxFrame], objects: list[tuple[int, np.ndarray, np.ndarray]],
+                      tol_m: float = 1e-3) -> int:
+    """Fill the boxes' vx, vy of each detection frame from the DetectedObjects message of the same stamp (the node
+    publishes both from one set): object ``i`` is box ``i`` when the centres agree within ``tol_m``, else each
+    box takes the object nearest to its centre (within ``tol_m``). Returns how many frames got velocities."""
+    by_stamp = {st: (c, v) for st, c, v in objects}
+    filled = 0
+    for f in frames:
+        hit = by_stamp.get(f.stamp_ns)
+        if hit is None or not len(f.boxes):
+            continue
+        centres, vel = hit
+        if len(centres) == len(f.boxes) and np.all(np.abs(centres - f.boxes[:, :3]) <= tol_m):
+            f.boxes[:, 7:9] = vel
+        else:
+            d = np.linalg.norm(f.boxes[:, None, :3] - centres[None, :, :], axis=2) if len(centres) else None
+            if d is None:
+                continue
+            j = d.argmin(axis=1)
+            ok = d[np.arange(len(j)), j] <= tol_m
+            f.boxes[ok, 7:9] = vel[j[ok]]
+        filled += 1
+    return filled
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Trajectory (map <- base_link over time)
 # --------------------------------------------------------------------------------------------------------------
@@ -432,6 +474,12 @@ class BagReader:
             frames.append(f)
         frames.sort(key=lambda f: f.stamp_ns)
         return frames
+
+    def objects(self, topic: str) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """Every autoware_perception_msgs/DetectedObjects on ``topic`` as :func:`velocities_from_objects`."""
+        if topic not in self._by_topic:
+            raise BagError(f"{self.path}: topic {topic} is not in the bag (have {sorted(self._by_topic)})")
+        return [velocities_from_objects(msg) for _, _, msg in self.messages([topic])]
 
     def detections(self, topic: str) -> list[BoxFrame]:
         """Every Detection3DArray on ``topic`` (receive time kept in ``receive_ns``), in bag order."""

@@ -28,10 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .reader import TF, TF_STATIC, BagError, BagReader, BoxFrame, detections_from_msg
+from .reader import (TF, TF_STATIC, BagError, BagReader, BoxFrame, attach_velocities, detections_from_msg,
+                     velocities_from_objects)
 
 NODE_NAME = "labeldistill_detector"
 NODE_OUTPUT = f"/{NODE_NAME}/output/detections"
+NODE_OBJECTS = f"/{NODE_NAME}/output/objects"  # autoware_perception_msgs/DetectedObjects (publish_objects)
 
 
 @dataclass
@@ -48,12 +50,18 @@ class Run:
 # --------------------------------------------------------------------------------------------------------------
 # Sources of detections
 # --------------------------------------------------------------------------------------------------------------
-def frames_from_topic(bag: str | Path, topic: str) -> Run:
+def frames_from_topic(bag: str | Path, topic: str, objects_topic: str | None = None) -> Run:
     """Detection frames of ``topic`` in ``bag`` (``/ground_truth/detections``, a recorded node output, or the
-    ``recording`` bag a live run leaves in its output folder)."""
+    ``recording`` bag a live run leaves in its output folder). ``objects_topic``: a DetectedObjects topic of the
+    same bag (the node's ``~/output/objects``) whose twists give the boxes their velocity (Detection3DArray
+    has none)."""
     with BagReader(bag) as r:
         frames = r.detections(topic)
-    return Run(mode=f"topic:{topic}", frames=frames, sets=len(frames))
+        info = {}
+        if objects_topic:
+            n = attach_velocities(frames, r.objects(objects_topic))
+            info = {"velocity_source": f"DetectedObjects ({objects_topic})", "frames_with_velocity": n}
+    return Run(mode=f"topic:{topic}", frames=frames, sets=len(frames), info=info)
 
 
 def run_offline(bag: str | Path, checkpoint: str, device: str = "cpu", precision: str = "fp32",
@@ -145,19 +153,20 @@ def run_offline(bag: str | Path, checkpoint: str, device: str = "cpu", precision
         bar.close()
     return Run(mode="offline", frames=frames, latency_ms=lat, sets=n_sets,
                info={"sync": collector.counters.as_dict(), "model": det.describe(),
-                     "uncompensated_sets": uncompensated})
+                     "uncompensated_sets": uncompensated, "velocity_source": "model (Detector boxes)"})
 
 
 class _Recorder:
-    """Subscribes to the node's detections and keeps (message, receive monotonic time)."""
+    """Subscribes to one of the node's outputs (Detection3DArray by default) and keeps (message, receive
+    monotonic time)."""
 
-    def __init__(self, node, topic: str):
+    def __init__(self, node, topic: str, msg_type=None):
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from vision_msgs.msg import Detection3DArray
 
         self.items: list[tuple[object, float]] = []
         self.cond = threading.Condition()
-        self.sub = node.create_subscription(Detection3DArray, topic, self._cb,
+        self.sub = node.create_subscription(msg_type or Detection3DArray, topic, self._cb,
                                             QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
 
     def _cb(self, msg) -> None:
@@ -186,8 +195,13 @@ class _Recorder:
 def run_live(bag: str | Path, checkpoint: str, device: str = "cpu", score_threshold: float = 0.3,
              max_detections: int = 200, rate: float = 1.0, lockstep: bool = False, slop_s: float = 0.06,
              startup_timeout_s: float = 120.0, set_timeout_s: float = 30.0, node_args: list[str] | None = None,
-             log_path: str | Path | None = None, record_path: str | Path | None = None) -> Run:
+             log_path: str | Path | None = None, record_path: str | Path | None = None,
+             objects: bool = False) -> Run:
     """Play the bag to a ``detector_node`` subprocess (use_sim_time) and record its detections.
+
+    ``objects``: the node also publishes ``autoware_perception_msgs/DetectedObjects`` (``publish_objects``); they
+    are recorded too and their twists give the detection frames their velocity (so the scorer's mAVE is the
+    model's, not the zero-velocity error of a Detection3DArray).
 
     Latency = receive time of a detection frame - publish time of the last image of its set (wall ms, includes
     DDS transport both ways). ``lockstep``: before any message after set k goes out, wait (up to
@@ -209,7 +223,7 @@ def run_live(bag: str | Path, checkpoint: str, device: str = "cpu", score_thresh
            "-p", f"score_threshold:={score_threshold}", "-p", f"max_detections:={max_detections}",
            "-p", f"image_transport:={'compressed' if compressed else 'raw'}",
            "-p", "input_reliability:=reliable", "-p", "input_depth:=20", "-p", f"sync_slop_s:={slop_s}",
-           "-p", "sync_timeout_s:=5.0", *(node_args or [])]
+           "-p", "sync_timeout_s:=5.0", *(["-p", "publish_objects:=true"] if objects else []), *(node_args or [])]
     own_log = log_path is None
     if own_log:
         fd, log_path = tempfile.mkstemp(prefix="detector_node_", suffix=".log")
@@ -223,6 +237,11 @@ def run_live(bag: str | Path, checkpoint: str, device: str = "cpu", score_thresh
     ex.add_node(node)
     spin = threading.Thread(target=ex.spin, daemon=True)
     rec = _Recorder(node, NODE_OUTPUT)
+    rec_objects = None
+    if objects:
+        from autoware_perception_msgs.msg import DetectedObjects
+
+        rec_objects = _Recorder(node, NODE_OBJECTS, DetectedObjects)
     from rclpy.qos import QoSProfile
     from std_msgs.msg import Float64
 
@@ -233,8 +252,11 @@ def run_live(bag: str | Path, checkpoint: str, device: str = "cpu", score_thresh
     if record_path is not None:
         from .recorder import BagRecorder
 
-        bag_rec = BagRecorder(node, record_path, {NODE_OUTPUT: "vision_msgs/msg/Detection3DArray",
-                                                  f"/{NODE_NAME}/output/markers": "visualization_msgs/msg/MarkerArray"})
+        topics = {NODE_OUTPUT: "vision_msgs/msg/Detection3DArray",
+                  f"/{NODE_NAME}/output/markers": "visualization_msgs/msg/MarkerArray"}
+        if objects:
+            topics[NODE_OBJECTS] = "autoware_perception_msgs/msg/DetectedObjects"
+        bag_rec = BagRecorder(node, record_path, topics)
     image_topics = {t for t, _ in avail.values()}
     published: dict[int, float] = {}  # image stamp (bag ns) -> publish monotonic time
     state = {"set_lo": None, "sets": 0, "missed": 0}
@@ -282,6 +304,8 @@ def run_live(bag: str | Path, checkpoint: str, device: str = "cpu", score_thresh
         # The node may have dropped sets (too slow for the rate): stop waiting once its output has settled.
         gaps = np.diff([w for _, w in rec.items]) if len(rec.items) > 1 else [1.0]
         rec.wait_settled(n_sets - state["missed"], set_timeout_s, idle_s=max(3.0, 3 * float(np.max(gaps))))
+        if rec_objects is not None:  # published right after each Detection3DArray
+            rec_objects.wait_count(len(rec.items), 5.0)
         time.sleep(0.2)
     finally:
         if player is not None:
@@ -311,9 +335,14 @@ def run_live(bag: str | Path, checkpoint: str, device: str = "cpu", score_thresh
         hi = np.searchsorted(stamps, f.stamp_ns, side="right")
         if hi > lo:
             lat.append((wall - max(published[s] for s in stamps[lo:hi])) * 1e3)
+    info = {"node_cmd": " ".join(cmd), "lockstep_timeouts": state["missed"],
+            "node_processing_ms": summary_stats(node_ms),
+            "velocity_source": "none: Detection3DArray carries no velocity (mAVE = the zero-velocity error)"}
+    if rec_objects is not None:
+        n = attach_velocities(frames, [velocities_from_objects(m) for m, _ in rec_objects.items])
+        info.update(velocity_source=f"DetectedObjects ({NODE_OBJECTS})", frames_with_velocity=n)
     return Run(mode="live" + ("-lockstep" if lockstep else f"-rate{rate:g}"), frames=frames, latency_ms=lat,
-               sets=n_sets, info={"node_cmd": " ".join(cmd), "lockstep_timeouts": state["missed"],
-                                  "node_processing_ms": summary_stats(node_ms)})
+               sets=n_sets, info=info)
 
 
 def summary_stats(values: list[float]) -> dict:

@@ -7,9 +7,13 @@ Three ways to get detections, one scorer:
 * ``live``: starts ``detector_node`` (``use_sim_time:=true``) as a subprocess, plays the bag through real
   rclpy with ``/clock`` and records ``/labeldistill_detector/output/detections``
   (:func:`labeldistill_ros.bag.replay.run_live`); ``--lockstep`` waits for each set's output before the next
-  set (deterministic, nothing superseded), otherwise the bag plays at ``--rate``;
+  set (deterministic, nothing superseded), otherwise the bag plays at ``--rate``. Detection3DArray has no
+  velocity: with ``--autoware`` the node also publishes ``autoware_perception_msgs/DetectedObjects``
+  (``~/output/objects``), which is recorded and gives every box its velocity, so mAVE scores the model (without
+  it, live mAVE is the error of zero velocities; offline always has the model's);
 * ``--detections-topic TOPIC`` (both modes' scorer on a topic already in the bag, e.g. a recorded run, or
-  ``/ground_truth/detections`` to check the pipeline: mAP = NDS = 1).
+  ``/ground_truth/detections`` to check the pipeline: mAP = NDS = 1), with ``--objects-topic`` for the
+  velocities of a recorded DetectedObjects topic.
 
 Scoring: each detection frame (stamp = its camera set's stamp) is matched to the nearest ground-truth key frame
 (LIDAR_TOP stamp) within ``--match-tol-ms``; its boxes (base_link) go to the global frame with the recorded
@@ -34,10 +38,11 @@ from pathlib import Path
 import numpy as np
 
 from labeldistill_ros.bag.reader import BagError, BagReader, BoxFrame, Trajectory, nearest_index
-from labeldistill_ros.bag.replay import NODE_OUTPUT, Run, summary_stats, frames_from_topic, run_live, run_offline
+from labeldistill_ros.bag.replay import (NODE_OBJECTS, NODE_OUTPUT, Run, frames_from_topic, run_live, run_offline,
+                                         summary_stats)
 from labeldistill_ros.geometry import CLASS_NAMES, box_corners
 
-__all__ = ["NODE_OUTPUT", "Run", "frames_from_topic", "run_live", "run_offline", "match_frames", "results_json",
+__all__ = ["NODE_OBJECTS", "NODE_OUTPUT", "Run", "frames_from_topic", "run_live", "run_offline", "match_frames", "results_json",
            "detection_eval", "score", "format_table", "main"]
 
 MAX_BOXES = 500  # devkit limit per sample
@@ -171,6 +176,7 @@ def score(bag: str | Path, run: Run, dataroot: str, version: str, out_dir: str |
             "tp_errors": metrics["tp_errors"], "class_ap": {k: float(v) for k, v in metrics["mean_dist_aps"].items()},
             "latency_ms": summary_stats(run.latency_ms), "boxes": int(sum(len(f.boxes) for f in run.frames)),
             "validation": validation, "info": run.info,
+            "velocity_source": run.info.get("velocity_source", "unknown"),
         }
         (tmp / "bag_eval.json").write_text(json.dumps(report, indent=2))
         if bev:
@@ -199,7 +205,7 @@ def format_table(rep: dict) -> str:
         f"bag {rep['bag']}  mode {rep['mode']}",
         f"key frames {rep['key_frames']}  matched {rep['matched_key_frames']}  drop rate {rep['drop_rate']:.1%}"
         f"  camera sets {rep['camera_sets']}  detection frames {rep['detection_frames']}  boxes {rep['boxes']}",
-        f"mAP {rep['mAP']:.4f}   NDS {rep['NDS']:.4f}",
+        f"mAP {rep['mAP']:.4f}   NDS {rep['NDS']:.4f}   velocity from: {rep.get('velocity_source', 'unknown')}",
         "TP errors: " + "  ".join(f"{k} {v:.3f}" for k, v in rep["tp_errors"].items()),
         f"{'class':<22}{'AP':>8}",
         *[f"{k:<22}{v:>8.4f}" for k, v in rep["class_ap"].items()],
@@ -225,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detections-topic", default=None,
                    help="score this Detection3DArray topic of the bag instead of running the model "
                         "(e.g. /ground_truth/detections, or a recorded node output)")
+    p.add_argument("--objects-topic", default=None,
+                   help="with --detections-topic: an autoware_perception_msgs/DetectedObjects topic of the same bag "
+                        f"(e.g. {NODE_OBJECTS} in a live run's recording) whose twists give the boxes their velocity")
+    p.add_argument("--autoware", action="store_true",
+                   help="live: the node also publishes autoware_perception_msgs/DetectedObjects; they are recorded "
+                        "and give every box its velocity (mAVE of the model, not of zero velocities)")
     p.add_argument("--detections-bag", default=None,
                    help="read --detections-topic from this bag (e.g. a live run's 'recording' or a ros2 bag "
                         "record of the node) while GT and TF come from --bag")
@@ -255,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             if a.detections_bag:
                 with BagReader(a.detections_bag) as r:
                     r.check()
-            run = frames_from_topic(a.detections_bag or a.bag, a.detections_topic)
+            run = frames_from_topic(a.detections_bag or a.bag, a.detections_topic, a.objects_topic)
             run.mode = f"{a.mode}:{a.detections_topic}"
         elif not a.checkpoint:
             print("labeldistill-bag-eval: --checkpoint is required (or --detections-topic)", file=sys.stderr)
@@ -273,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 run = run_live(a.bag, a.checkpoint, a.device, a.score_threshold, a.max_detections, rate=a.rate,
                                lockstep=a.lockstep, slop_s=a.slop_ms / 1e3, log_path=a.node_log,
-                               record_path=extra["recording"])
+                               record_path=extra["recording"], objects=a.autoware)
                 rep = score(a.bag, run, a.dataroot, a.version, a.out, a.match_tol_ms, a.bev, extra)
             finally:
                 shutil.rmtree(rec_dir, ignore_errors=True)
