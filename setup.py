@@ -36,6 +36,7 @@ setup(
             "rosbags>=0.11",
             "tqdm",
             "matplotlib",
+            "tensorboard",  # training curves in the tool users already have (the CSV log stays)
         ],
         "test": ["pytest", "pytest-xdist", "pytest-timeout", "rosbags>=0.11"],
     },
