@@ -31,13 +31,26 @@ class CsvLogger:
             self.fields = None
 
     def log(self, row: dict) -> None:
+        """Append ``row``; a column not seen before widens the header (earlier rows get it empty): no value is
+        ever dropped (e.g. an evaluation row after the training rows, a loss term that starts later)."""
         row = {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
         if self.fields is None:
             self.fields = list(row)
             with open(self.path, "w", newline="") as f:
                 csv.DictWriter(f, fieldnames=self.fields).writeheader()
+        new = [k for k in row if k not in self.fields]
+        if new:
+            with open(self.path, newline="") as f:
+                old_rows = list(csv.DictReader(f))
+            self.fields = list(self.fields) + new
+            tmp = self.path.with_name(".tmp_" + self.path.name)
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=self.fields)
+                w.writeheader()
+                w.writerows(old_rows)
+            os.replace(tmp, self.path)
         with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore").writerow(row)
+            csv.DictWriter(f, fieldnames=self.fields).writerow(row)
 
     def plot(self, png: Path) -> None:
         """Loss curves (every ``loss*`` column against the step) to a PNG with matplotlib (Agg)."""
