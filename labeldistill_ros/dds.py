@@ -16,6 +16,10 @@ import os
 from .resources import share_file
 
 PROFILES = {"local": "fastdds_local.xml", "vehicle": "fastdds_vehicle_shm.xml"}
+# The variable naming the profile file changed with Fast DDS 3.0: Humble (Fast DDS 2.6) and Jazzy (2.14) read only
+# FASTRTPS_DEFAULT_PROFILES_FILE, Kilted and newer (3.x) only FASTDDS_DEFAULT_PROFILES_FILE. Both are set, so the
+# profile takes effect whatever the distribution (ROS_DISTRO is not set everywhere, e.g. with the pip wheels).
+PROFILE_FILE_VARS = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
 
 
 def dds_environment(profile: str = "local", domain_id: int | None = None) -> dict[str, str]:
@@ -25,12 +29,10 @@ def dds_environment(profile: str = "local", domain_id: int | None = None) -> dic
     path = str(share_file("config", "dds", PROFILES[profile]))
     env = {
         "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",
-        "FASTDDS_DEFAULT_PROFILES_FILE": path,  # Fast DDS 3.x (Jazzy and newer)
+        **{var: path for var in PROFILE_FILE_VARS},
         # LOCALHOST would make rmw_fastrtps replace the profile's transports with its own small ones.
         "ROS_AUTOMATIC_DISCOVERY_RANGE": "SYSTEM_DEFAULT",
     }
-    if os.environ.get("ROS_DISTRO") == "humble":  # Fast DDS 2.6 reads only the older name
-        env["FASTRTPS_DEFAULT_PROFILES_FILE"] = path
     if domain_id is not None:
         if not 0 <= int(domain_id) <= 101:
             raise ValueError(f"ROS_DOMAIN_ID {domain_id} is out of range: use 0-101")

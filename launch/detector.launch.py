@@ -67,9 +67,9 @@ def _setup(context):
     profile = cfg("dds_profile").perform(context)
     if profile != "none":
         path = os.path.join(share, "config", "dds", DDS_PROFILES[profile])
-        if os.environ.get("ROS_DISTRO") == "humble":  # Fast DDS 2.6 reads only the older name
-            actions.append(SetEnvironmentVariable("FASTRTPS_DEFAULT_PROFILES_FILE", path))
+        # Fast DDS 3.x (Kilted+) reads FASTDDS_..., Fast DDS 2.x (Humble, Jazzy) only FASTRTPS_...: set both.
         actions += [SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", path),
+                    SetEnvironmentVariable("FASTRTPS_DEFAULT_PROFILES_FILE", path),
                     SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", "SYSTEM_DEFAULT")]
     overrides = _node_overrides(context)
     actions.append(Node(

@@ -277,6 +277,7 @@ def test_the_shipped_config_with_a_checkpoint_argument(launch_file, tmp_path):
     assert p == params.NodeParams(checkpoint="/models/student.pt") and sim is False
     env = {a.args[0]: a.args[1] for a in actions if type(a).__name__ == "SetEnvironmentVariable"}
     assert Path(env["FASTDDS_DEFAULT_PROFILES_FILE"]).is_file()
+    assert env["FASTRTPS_DEFAULT_PROFILES_FILE"] == env["FASTDDS_DEFAULT_PROFILES_FILE"]  # Humble/Jazzy read this
     # no checkpoint anywhere: nothing is passed and the node refuses to start with the fix in its message
     p, _ = node_parameters(_nodes(launch(launch_file))["detector_node"], tmp_path)
     with pytest.raises(params.ParamError, match="checkpoint.*is required"):

@@ -162,7 +162,9 @@ def test_other_domain_sees_nothing(rclpy_context, spawn):
 
 def test_harness_uses_loopback_profile_with_large_shm():
     env = dds_environment("local")
-    for key in ("RMW_IMPLEMENTATION", "FASTDDS_DEFAULT_PROFILES_FILE", "ROS_AUTOMATIC_DISCOVERY_RANGE"):
+    # Fast DDS 3.x (Kilted) reads the first name, Fast DDS 2.x (Humble, Jazzy) only the second
+    for key in ("RMW_IMPLEMENTATION", "FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE",
+                "ROS_AUTOMATIC_DISCOVERY_RANGE"):
         assert os.environ[key] == env[key], f"{key} is not applied to the test process"
     ns = {"d": "http://www.eprosima.com"}
     root = ET.parse(env["FASTDDS_DEFAULT_PROFILES_FILE"]).getroot()

@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """Idempotent set-up of ``.venv`` on a machine with no ROS install (stdlib only; run with Python 3.11).
 
+``--ros jazzy`` builds the same environment against ROS 2 Jazzy instead, in ``.venv-jazzy`` (wheels pinned in
+``requirements/ros-jazzy.txt``, interfaces built with the Jazzy rosidl toolchain); ``make test-jazzy`` runs the
+ROS-facing tests there. The default, ``--ros kilted``, is ``.venv`` with ``requirements/ros.txt``.
+
 Steps (each skipped when its inputs are unchanged since it last succeeded):
   1. venv        create ``.venv`` with this interpreter (Python 3.11: the torch file on disk is cp311)
   2. packages    pip install torch==2.13.0 (CPU build from local disk), the ROS 2 Kilted wheels, the rosidl
@@ -26,7 +30,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# ROS 2 distribution -> (venv folder, wheel requirements file in requirements/). Kilted is the default.
+DISTROS = {"kilted": (".venv", "ros.txt"), "jazzy": (".venv-jazzy", "ros-jazzy.txt")}
+DISTRO = "kilted"
 VENV = ROOT / ".venv"
+ROS_REQUIREMENTS = ROOT / "requirements" / "ros.txt"
 STATE = VENV / ".labeldistill-setup"
 LOGS = STATE / "logs"
 PY = VENV / "bin" / "python"
@@ -35,6 +43,16 @@ INTERFACES = ["tf2_msgs", "vision_msgs", "autoware_perception_msgs"]  # build or
 
 class StepFailed(RuntimeError):
     pass
+
+
+def select_distro(distro: str) -> None:
+    """Point the steps at the venv and wheel list of ``distro``."""
+    global DISTRO, VENV, ROS_REQUIREMENTS, STATE, LOGS, PY
+    venv, reqs = DISTROS[distro]
+    DISTRO, VENV, ROS_REQUIREMENTS = distro, ROOT / venv, ROOT / "requirements" / reqs
+    STATE = VENV / ".labeldistill-setup"
+    LOGS = STATE / "logs"
+    PY = VENV / "bin" / "python"
 
 
 def log(msg: str) -> None:
@@ -92,7 +110,10 @@ def step_venv() -> None:
 
 
 def step_packages() -> None:
-    inputs = [ROOT / "setup.py", ROOT / "setup.cfg", ROOT / "requirements"]
+    # requirements/ minus the other distributions' wheel lists (so a Jazzy pin does not reinstall Kilted)
+    others = {reqs for _, reqs in DISTROS.values()} - {ROS_REQUIREMENTS.name}
+    inputs = [ROOT / "setup.py", ROOT / "setup.cfg"] + [
+        f for f in (ROOT / "requirements").rglob("*") if f.is_file() and f.name not in others]
     key = digest(inputs)
     if stamped("packages", key):
         return
@@ -100,7 +121,7 @@ def step_packages() -> None:
     constraints = ROOT / "requirements" / "constraints.txt"
     run([PY, "-m", "pip", "install", "-q", "--upgrade", "pip", "setuptools>=68", "wheel"], logf)
     run([PY, "-m", "pip", "install", "-c", constraints, "torch==2.13.0",
-         "-r", ROOT / "requirements" / "ros.txt", "-e", f"{ROOT}[train,test]"], logf)
+         "-r", ROS_REQUIREMENTS, "-e", f"{ROOT}[train,test]"], logf)
     ver = venv_python("import torch; print(torch.__version__)")
     if not ver.startswith("2.13.0"):
         raise StepFailed(f"torch {ver} installed, expected 2.13.0 (CPU build from local disk)")
@@ -160,7 +181,10 @@ STEPS = [("venv", step_venv), ("packages", step_packages), ("cmake-paths", step_
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--force", action="store_true", help="ignore the stamps and redo every step")
+    ap.add_argument("--ros", choices=sorted(DISTROS), default="kilted",
+                    help="ROS 2 distribution of the wheels: kilted -> .venv (default), jazzy -> .venv-jazzy")
     args = ap.parse_args(argv)
+    select_distro(args.ros)
     if args.force and STATE.exists():
         for f in STATE.glob("*.stamp"):
             f.unlink()
@@ -173,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"FAILED at step {i}/{len(STEPS)} '{name}': {e}")
             return 1
         log(f"step {i}/{len(STEPS)} {name}: ok ({time.monotonic() - t0:.1f} s)")
-    log(f"environment ready in {time.monotonic() - t_all:.1f} s: {PY}")
+    log(f"environment ready in {time.monotonic() - t_all:.1f} s: {PY} (ROS 2 {DISTRO})")
     return 0
 
 

@@ -84,7 +84,10 @@ class BagPlayer:
         self.reader = BagReader(self.bag)
         avail = self.reader.topics()
         self.topics = list(avail) if topics is None else [t for t in topics if t in avail]
-        from rclpy.event_handler import PublisherEventCallbacks
+        try:
+            from rclpy.event_handler import PublisherEventCallbacks  # Iron and newer (Jazzy, Kilted)
+        except ImportError:  # Humble
+            from rclpy.qos_event import PublisherEventCallbacks
 
         # A latched (transient_local) subscriber, e.g. the node's second CameraInfo subscription, cannot match a
         # volatile topic of the bag: expected, so not logged.

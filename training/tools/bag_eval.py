@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from labeldistill_ros.dds import apply_dds_environment
 
-            if "FASTDDS_DEFAULT_PROFILES_FILE" not in os.environ:
+            if not any(v in os.environ for v in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")):
                 apply_dds_environment("local")  # large shared memory, nothing leaves the host
             rec_dir = Path(tempfile.mkdtemp(prefix=".bag_eval_rec_"))
             extra["recording"] = rec_dir / "recording"
