@@ -14,9 +14,10 @@ import pytest
 TEST_DIR = Path(__file__).resolve().parent
 REPO = TEST_DIR.parent
 SHARED = REPO.parent / "shared"
-sys.path.insert(0, str(TEST_DIR))
+from labeldistill_ros.dds import apply_dds_environment
 
-from labeldistill_ros.dds import apply_dds_environment  # noqa: E402
+# Fixture modules shared by several test files (the test folder is on sys.path: setup.cfg pythonpath).
+pytest_plugins = ("data_fixtures", "bag_fixtures")
 
 
 def _domain_id() -> int:

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from labeldistill_ros.bag.reader import BagError, BagReader
-from test_bag_support import first_scene, make_bag, nusc_dataset  # noqa: F401 - fixtures
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import shutil
 import numpy as np
 import pytest
 
-from test_bag_support import first_scene, make_bag, nusc_dataset  # noqa: F401 - fixtures
 
 THRESHOLD = 0.05
 

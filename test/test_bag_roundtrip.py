@@ -11,7 +11,6 @@ import pytest
 
 from labeldistill_ros.bag.reader import BagReader, Trajectory, decode_compressed
 from labeldistill_ros.geometry import invert_transform, make_transform, nuscenes_to_boxes
-from test_bag_support import first_scene, make_bag, nusc_dataset  # noqa: F401 - fixtures
 
 CAMS = ("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT")
 

@@ -3,17 +3,14 @@ and per-term gradients on the real student (no training, no data set)."""
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
-sys.path.insert(0, str(REPO / "test"))
-import bench_distill  # noqa: E402
-import bench_distill_probe  # noqa: E402
+import bench_distill
+import bench_distill_probe
 
 
 def _run(seed, nds, map_, step, recall):

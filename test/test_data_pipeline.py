@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from data_fixtures import *  # noqa: F401,F403
 from labeldistill_ros import geometry as geo
 from labeldistill_training.data.collate import collate_batch
 from labeldistill_training.data.config import (BevAugConfig, DataConfig, DataConfigError, DepthConfig,

@@ -146,7 +146,6 @@ def test_cmkd_unlabeled_samples_train_from_the_teacher_alone(student_and_batch):
 def test_unidistill_adaptor_switch(student_and_batch):
     """adaptor: true = a 1x1 conv to the teacher's encoder channels; false = none, and unequal channels are an error
     naming both (the reference has no adaptor: its channels match by construction)."""
-    from labeldistill_training.distill import UniDistillDistiller
 
     student, _ = student_and_batch
     mcfg = load_model_config(REPO / "config/model/r18_128x352_cpu.yaml")

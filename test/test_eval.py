@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 
-from data_fixtures import *  # noqa: F401,F403
 from labeldistill_ros import geometry as geo
 from labeldistill_training.eval.evaluate import evaluate_results, lidar_ego_xy, split_sample_tokens
 from labeldistill_training.eval.results import (ResultsValidationError, SampleDetections, detections_to_results,

@@ -52,7 +52,6 @@ def test_exported_temporal_program_matches_eager_over_a_sequence(tmp_path):
     them) with the ego motion in ``prev2curr``, agrees with eager mode given the eager ``bev_current``s."""
     import dataclasses
 
-    import numpy as np
 
     from labeldistill_ros import geometry as g
     from labeldistill_ros.temporal_buffer import BevHistory, fill_missing

@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data_fixtures import real_mini_root  # noqa: F401 - fixture
 from labeldistill_ros import geometry as g
 from labeldistill_ros.model.image_transform import ImageTransform, ImageTransformConfig, ida_for
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from node_support import CAMS, NodeHarness, diag_values, make_checkpoint, synthetic_sample
+from node_support import NodeHarness, diag_values, make_checkpoint, synthetic_sample
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.timeout(90),
               pytest.mark.xdist_group("node_vehicle_defaults")]

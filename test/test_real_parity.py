@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 
-from data_fixtures import real_mini_root  # noqa: F401 - fixture
 from node_support import CAMS, CPU_CONFIG, NodeHarness, camera_info_msg, real_sample, tf_static_msg, transform_msg
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.usefixtures("one_torch_thread")]

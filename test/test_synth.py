@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 import pytest
 
-from data_fixtures import *  # noqa: F401,F403
 from labeldistill_ros import geometry as geo
 
 CAMS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")

@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import torch
 
-from test_bag_support import make_bag, nusc_dataset  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("one_torch_thread")]
 THRESHOLD = 0.05

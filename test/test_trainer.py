@@ -16,9 +16,7 @@ from labeldistill_training.trainer import KILL_ENV, atomic_save, load_checkpoint
 
 TEST_DIR = Path(__file__).resolve().parent
 REPO = TEST_DIR.parent
-HELPER = TEST_DIR / "test_trainer_helpers.py"
-sys.path.insert(0, str(TEST_DIR))
-from test_trainer_helpers import fake_config  # noqa: E402
+HELPER = TEST_DIR / "trainer_helpers.py"
 
 
 def _env(**kw):

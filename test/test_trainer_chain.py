@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import torch
 
 TEST_DIR = Path(__file__).resolve().parent
 REPO = TEST_DIR.parent
-sys.path.insert(0, str(TEST_DIR))
-from data_fixtures import tiny_root  # noqa: E402,F401
 
 
 def test_stage_chain_on_tiny_set(tiny_root, tmp_path):  # noqa: F811

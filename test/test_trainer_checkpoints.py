@@ -5,7 +5,6 @@ weights written once, in the runtime's format)."""
 from __future__ import annotations
 
 import os
-import sys
 import types
 import warnings
 from pathlib import Path
@@ -18,9 +17,8 @@ from labeldistill_training.trainer import (SCRATCH_R50_WARNING, Trainer, load_ch
 
 TEST_DIR = Path(__file__).resolve().parent
 REPO = TEST_DIR.parent
-sys.path.insert(0, str(TEST_DIR))
-from test_model import torchvision_resnet_keys  # noqa: E402
-from test_trainer_helpers import camera_collate, camera_factory, collate, fake_config, fake_factory  # noqa: E402
+from model_support import torchvision_resnet_keys
+from trainer_helpers import camera_collate, camera_factory, collate, fake_config, fake_factory
 
 SMALL = str(REPO / "config/model/r18_128x352_cpu.yaml")
 
@@ -143,7 +141,7 @@ def test_init_checkpoint_and_resume_win_over_the_pretrained_backbone(tmp_path, c
     d = tmp_path / "work" / "student"
     names = sorted(p.name for p in d.iterdir())
     assert names == ["epoch_002.pt", "final.pt", "last.pt", "log.csv", "loss_curves.png", "student.pt",
-                     "summary.json"], names
+                     "summary.json", "tb"], names  # tb: TensorBoard events (train extra)
     assert (d / "final.pt").is_symlink() and os.readlink(d / "final.pt") == "student.pt"
     rt = read_checkpoint(d / "student.pt")  # the runtime's reader (the node)
     assert {k: rt["extra"][k] for k in ("method", "epoch", "stage", "distiller")} == \

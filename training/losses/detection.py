@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 REG_KEYS: tuple[str, ...] = ("reg", "height", "dim", "rot", "vel")
 """Regression branches of a CenterPoint task head, in the order their channels are concatenated (2+1+3+2+2)."""
