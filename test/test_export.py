@@ -42,7 +42,7 @@ def test_exported_program_matches_eager(tmp_path):
     n = min(len(a.scores), len(b.scores), 50)
     torch.testing.assert_close(a.scores[:n], b.scores[:n], atol=1e-4, rtol=1e-4)
     # shapes are checked: a different camera count is refused
-    with pytest.raises(Exception):
+    with pytest.raises(AssertionError, match=r"Guard failed: images.size\(\)\[1\] == 6"):
         program(images[:, :5], K[:, :5], cam2ego[:, :5], ida[:, :5], bda)
 
 
