@@ -11,6 +11,11 @@ previous frames; its rows run the inference path, where previous frames' BEV fea
 forward (``prev_bev``): one frame is lifted per call. On CUDA the r50 config is also timed re-lifting all 5
 frames (the training-style path). GPU rows: fp32, fp16 and bf16 autocast with channels_last, and fp16 with
 ``torch.compile`` of the convolutional parts (the cached pooling stays eager).
+
+``compiled_speedup``: the node's ``backend: compiled`` on the CPU (r18 128x352, 6 cameras, the node's single
+torch thread): :func:`labeldistill_ros.inference.compile_parts` (inductor with freezing) against eager, timed
+alternately call by call so a load change on a shared machine hits both alike; ``compile_s`` is the one-off
+compilation the node pays in its start-up warm-up.
 """
 from __future__ import annotations
 
@@ -159,6 +164,45 @@ def bench_forward_cpu(cfg, iters: int, warmup: int) -> dict:
     return summary(timed(forward_fn(model, cfg, torch.device("cpu")), iters, warmup, False))
 
 
+def bench_compiled_cpu(cfg, iters: int, threads: int = 1) -> dict:
+    """Eager vs the node's compiled backend on the CPU, alternating calls (see the module docstring)."""
+    from labeldistill_ros.inference import COMPILED_PARTS, compile_parts
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        model = StudentDetector.from_config(cfg).eval()
+        run = forward_fn(model, cfg, torch.device("cpu"))
+        eager = {p: getattr(model, p) for p in COMPILED_PARTS}
+        compiled = compile_parts(eager)
+
+        def use(parts):
+            for name, module in parts.items():
+                setattr(model, name, module)
+
+        ref = run().head_outputs
+        use(compiled)
+        t0 = time.perf_counter()
+        out = run().head_outputs
+        compile_s = time.perf_counter() - t0
+        run()
+        diff = max(float((a[k] - b[k]).abs().max()) for a, b in zip(ref, out) for k in a)
+        times = {"eager": [], "compiled": []}
+        for _ in range(iters):
+            for name, parts in (("eager", eager), ("compiled", compiled)):
+                use(parts)
+                times[name] += timed(run, 1, 0, False)
+        use(eager)
+    finally:
+        torch.set_num_threads(old_threads)
+    e, c = statistics.median(times["eager"]), statistics.median(times["compiled"])
+    return {"eager_ms_p50": round(e, 2), "compiled_ms_p50": round(c, 2), "compiled_speedup": round(e / c, 3),
+            "compile_s": round(compile_s, 1), "max_abs_diff_vs_eager": float(f"{diff:.2e}"), "iters": iters,
+            "torch_threads": threads, "backend": "torch.compile (inductor, freezing) of backbone, image_neck, "
+                                                 "depth_net, bev_encoder, head; pooling eager"}
+
+
 def bench_forward_cuda(cfg, iters: int) -> dict:
     """fp32, then fp16/bf16 autocast with channels_last, then fp16 + torch.compile (convolutional parts)."""
     device = torch.device("cuda")
@@ -232,7 +276,16 @@ def main(argv=None) -> int:
         for dev, row in forward[name].items():
             table.append((f"forward {name}", dev, row.get("forward_ms_p50"), row.get("forward_ms_p90")))
     results["forward"] = forward
+    compiled = bench_compiled_cpu(cfgs["r18_128x352_cpu"], 6 if args.quick else 20)
+    results["compiled_cpu_r18_128x352"] = compiled
+    results["compiled_speedup"] = compiled["compiled_speedup"]
+    table.append(("forward r18_128x352_cpu eager (alternating)", "cpu 1 thread", compiled["eager_ms_p50"], None))
+    table.append(("forward r18_128x352_cpu compiled (node backend)", "cpu 1 thread", compiled["compiled_ms_p50"],
+                  None))
     results["gpu_rows"] = "measured" if cuda else "skipped: no CUDA device on this machine"
+    if not cuda:
+        results["gpu"] = {"gpu_forward_ms_p50": None, "gpu_compiled_speedup": None,
+                          "reason": "unmeasured: no GPU in this session"}
     results["wall_s"] = round(time.monotonic() - t_start, 1)
 
     OUT.parent.mkdir(parents=True, exist_ok=True)
@@ -246,6 +299,8 @@ def main(argv=None) -> int:
         print(f"{row:46s} {dev:40s} {fmt(p50)} {fmt(p90)}")
     print(f"\npool_speedup_vs_naive (r50_256x704, CPU): {results['pool_speedup_vs_naive']}x "
           f"(max relative difference {pooling['cpu']['max_rel_diff_vs_naive']})")
+    print(f"compiled_speedup (node backend compiled, r18 128x352, CPU 1 thread): {results['compiled_speedup']}x "
+          f"(compile {compiled['compile_s']} s, max |diff| {compiled['max_abs_diff_vs_eager']})")
     if not cuda:
         print("GPU rows skipped: no CUDA device")
     print(f"wrote {OUT.relative_to(ROOT)} in {results['wall_s']} s")

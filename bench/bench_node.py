@@ -6,7 +6,8 @@
 
 Three processes on one host (the shipped loopback Fast DDS profile, a ROS domain of its own):
   publisher  six cameras of the real nuScenes key frame (rgb8, 4.3 MB each), stamped now + the nuScenes trigger
-             offsets, at 12 Hz; latched CameraInfo and /tf_static
+             offsets, at 12 Hz; latched CameraInfo and /tf_static; map -> base_link on /tf (10 m/s) ahead of each
+             set, so the node compensates the ego motion between the cameras as on a vehicle
   node       ``python -m labeldistill_ros.node.detector_node`` with a random-weight checkpoint of the small CPU
              student (config/model/r18_128x352_cpu.yaml), score threshold 0.05, at most 50 boxes (random
              weights score ~0.1, so every set carries 50 boxes and 101 markers, a busy scene, and decoding
@@ -14,12 +15,25 @@ Three processes on one host (the shipped loopback Fast DDS profile, a ROS domain
   this one   subscribes to the detections (end-to-end latency = receive time - set stamp), the node's per-stage
              timing topics, /diagnostics (counters), and samples the node's RSS from /proc
 
-Overhead = the node's total processing time minus the model forward (``~/debug/processing_time/total_ms`` -
-``inference_ms``): image conversion, preprocessing to the network input, calibration lookups, box decoding and
-NMS, message building and publishing. Sets are counted as *lost* (never complete at the node: images lost in
-transport or a set timed out) or *superseded* (complete, but replaced by a newer set while the model was busy:
-back-pressure when the model runs below 12 Hz). ``dropped_sets`` is the lost count. RSS growth is the node's
-RSS at the end minus after the warm-up. Writes ``bench/results/node.json`` and prints a table.
+Overhead is measured from the first image of a set arriving (the middleware's reception time) to the
+Detection3DArray being published, minus the model forward, minus the time the node could not act on: waiting for
+the set's other images (``transport``) and for the model to finish the previous set (``queue``, back-pressure
+while the model runs below the camera rate); i.e. publish - forward - max(last image in, inference thread free).
+The node reports every stage of every set on
+``~/debug/stage_times_ms`` (``labeldistill_ros.node.detector_node.DetectorNode._report_times``); node.json has
+their p50/p99 in ``breakdown_ms`` and ``<stage>_ms_p50``, the receive -> publish figure minus the forward with
+nothing subtracted (``receive_to_publish_minus_forward_ms_p50``) and the old figure (the inference thread's total
+minus the forward, ``total_minus_inference_ms_p50``). Sets are counted as *lost* (never complete at the node:
+images lost in transport or a set timed out) or *superseded* (complete, but replaced by a newer set while the
+model was busy). ``dropped_sets`` is the lost count. RSS growth is the node's RSS at the end minus after the
+warm-up.
+
+Two conversion paths (``--path``): ``fallback``, the in-package conversion of the serialized image (machines
+without ROS; the top-level keys), and ``vehicle``, with ``cv_bridge`` importable, as on a vehicle: the node then
+deserialises each image of a set it runs and converts it with ``cv_bridge`` (here the stand-in in
+``bench/vehicle_shim``, which makes the two copies of Humble's ``imgmsg_to_cv2``; keys under ``vehicle_path``).
+``--quick`` measures both. Merges into ``bench/results/node.json`` (other benchmarks' keys stay) and prints a
+table.
 """
 from __future__ import annotations
 
@@ -44,6 +58,9 @@ CAMS = ["CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_
 OFFSETS_MS = [7, 15, 22, 49, 40, 31]  # nuScenes trigger offsets after the LiDAR stamp
 RATE_HZ = 12.0
 NS = "/bench"
+SHIM = ROOT / "bench" / "vehicle_shim"
+STAGES = ("transport", "sync", "queue", "pickup", "staging", "calibration", "forward", "decode", "detect_other", "publish",
+          "other_outputs", "receive_to_publish", "overhead", "staged_on_arrival", "calibrated_ahead")
 sys.path.insert(0, str(ROOT / "test"))
 
 
@@ -65,7 +82,7 @@ def publisher(duration_s: float) -> None:
     from sensor_msgs.msg import CameraInfo, Image
     from tf2_msgs.msg import TFMessage
 
-    from node_support import camera_info_msg, image_msg, real_sample, tf_static_msg
+    from node_support import camera_info_msg, image_msg, real_sample, tf_static_msg, transform_msg
 
     sample = real_sample(SAMPLE)
     rclpy.init()
@@ -76,6 +93,9 @@ def publisher(duration_s: float) -> None:
     pubs = [node.create_publisher(Image, f"{NS}/{c}/image", sensor) for c in CAMS]
     infos = [node.create_publisher(CameraInfo, f"{NS}/{c}/camera_info", latched) for c in CAMS]
     tf = node.create_publisher(TFMessage, "/tf_static", latched)
+    # Localisation: map -> base_link, the vehicle driving at 10 m/s, published ahead of each set's cameras (the node
+    # moves every camera to the set's latest stamp through it).
+    odom = node.create_publisher(TFMessage, "/tf", QoSProfile(depth=100))
     msgs = [image_msg(img, 0, c) for img, c in zip(sample.images, CAMS)]  # built once, only stamps change
     for i, c in enumerate(CAMS):
         infos[i].publish(camera_info_msg(sample.Ks[i], 1600, 900, c))
@@ -88,8 +108,15 @@ def publisher(duration_s: float) -> None:
     t_next = time.monotonic()
     end = t_next + duration_s
     sent = 0
+    t_start_ns = time.time_ns()
     while time.monotonic() < end:
         now_ns = time.time_ns()
+        poses = []
+        for s in (now_ns - 10_000_000, now_ns + 60_000_000):
+            T = np.eye(4)
+            T[0, 3] = 10.0 * (s - t_start_ns) / 1e9
+            poses.append(transform_msg("map", "base_link", T, s))
+        odom.publish(TFMessage(transforms=poses))
         for i, m in enumerate(msgs):
             s = now_ns + OFFSETS_MS[i] * 1_000_000
             m.header.stamp.sec, m.header.stamp.nanosec = divmod(s, 1_000_000_000)
@@ -111,43 +138,33 @@ def pct(xs, q) -> float:
     return float(np.percentile(xs, q)) if len(xs) else float("nan")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="about 60 s instead of the 10-minute soak")
-    ap.add_argument("--duration", type=float, default=None, help="publishing time in seconds")
-    ap.add_argument("--role", default="main", choices=["main", "publisher"], help=argparse.SUPPRESS)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="the node's cpu_threads (torch intra-op threads; 1: the publisher shares the cores)")
-    ap.add_argument("--out", default=str(RESULTS / "node.json"))
-    a = ap.parse_args()
-    duration = a.duration or (50.0 if a.quick else 600.0)
-    if a.role == "publisher":
-        publisher(duration)
-        return 0
-
+def measure(path: str, duration: float, threads: int, tmp: Path) -> dict:
+    """One run: node + publisher + this observer, on conversion ``path`` (``fallback`` or ``vehicle``)."""
     from labeldistill_ros.dds import apply_dds_environment
 
     apply_dds_environment("local", random.randint(60, 101))
     import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from std_msgs.msg import Float64
     from vision_msgs.msg import Detection3DArray
 
     from node_support import make_checkpoint
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench_node_"))
     ckpt = make_checkpoint(tmp / "student.pt", seed=0)
     import yaml
 
     params = {"checkpoint": str(ckpt), "device": "cpu", "score_threshold": 0.05, "max_detections": 50,
               "image_topics": [f"{NS}/{c}/image" for c in CAMS],
               "camera_info_topics": [f"{NS}/{c}/camera_info" for c in CAMS], "diagnostics_period_s": 1.0,
-              "max_processing_time_ms": 100000.0, "cpu_threads": a.threads}
+              "max_processing_time_ms": 100000.0, "cpu_threads": threads}
     (tmp / "params.yaml").write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
     env = dict(os.environ)
+    node_env = dict(env)
+    if path == "vehicle":
+        node_env["PYTHONPATH"] = os.pathsep.join([str(SHIM)] + [p for p in [env.get("PYTHONPATH")] if p])
     node_proc = subprocess.Popen([sys.executable, "-m", "labeldistill_ros.node.detector_node", "--ros-args",
-                                  "--params-file", str(tmp / "params.yaml")], env=env,
+                                  "--params-file", str(tmp / "params.yaml")], env=node_env,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     node_log: list[str] = []
     threading.Thread(target=lambda: node_log.extend(node_proc.stdout), daemon=True).start()
@@ -157,6 +174,7 @@ def main() -> int:
     rel = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
     base = "/labeldistill_detector"
     e2e, boxes, stages, diags = [], [], {k: [] for k in ("preprocess", "inference", "postprocess", "total")}, []
+    per_set: list[dict[str, float]] = []
     recording = {"on": False}
 
     def on_det(msg):
@@ -168,6 +186,9 @@ def main() -> int:
     for k in stages:
         me.create_subscription(Float64, f"{base}/debug/processing_time/{k}_ms",
                                lambda m, k=k: recording["on"] and stages[k].append(m.data), rel)
+    me.create_subscription(DiagnosticStatus, f"{base}/debug/stage_times_ms",
+                           lambda m: recording["on"] and per_set.append({kv.key: float(kv.value)
+                                                                         for kv in m.values}), rel)
     me.create_subscription(DiagnosticArray, "/diagnostics",
                            lambda m: diags.extend(s for s in m.status if s.hardware_id == base), 10)
 
@@ -176,12 +197,13 @@ def main() -> int:
         while time.monotonic() < end:
             rclpy.spin_once(me, timeout_sec=0.05)
 
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while not any("ready:" in ln for ln in node_log):
         if node_proc.poll() is not None or time.monotonic() > deadline:
             print("".join(node_log), file=sys.stderr)
             raise SystemExit("bench_node: the node did not start")
         spin_for(0.2)
+    ready_line = next(ln for ln in node_log if "ready:" in ln)
     pub_proc = subprocess.Popen([sys.executable, __file__, "--role", "publisher", "--duration", str(duration)],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     pub_log: list[str] = []
@@ -191,7 +213,7 @@ def main() -> int:
             raise SystemExit("bench_node: publisher failed:\n" + "".join(pub_log))
         spin_for(0.1)
     warmup = min(10.0, duration / 5)
-    print(f"bench_node: publishing 6 x 1600x900 rgb8 at {RATE_HZ:.0f} Hz for {duration:.0f} s "
+    print(f"bench_node [{path}]: publishing 6 x 1600x900 rgb8 at {RATE_HZ:.0f} Hz for {duration:.0f} s "
           f"(warm-up {warmup:.0f} s)", flush=True)
     spin_for(warmup)
     recording["on"] = True
@@ -213,15 +235,25 @@ def main() -> int:
     rclpy.try_shutdown()
 
     n = min(len(stages["total"]), len(stages["inference"]))
-    overhead = [t - i for t, i in zip(stages["total"][:n], stages["inference"][:n])]
+    old_overhead = [t - i for t, i in zip(stages["total"][:n], stages["inference"][:n])]
+    col = {k: [d[k] for d in per_set if k in d] for k in STAGES}
     rss_vals = [r for _, r in rss if r == r]
     complete = int(counters.get("complete_sets", 0))
     superseded = int(counters.get("superseded", 0))
     published = int(counters.get("published", 0))
     lost = max(0, sent - complete)
     res = {
-        "overhead_ms_p50": pct(overhead, 50), "overhead_ms_p99": pct(overhead, 99),
+        "overhead_ms_p50": pct(col["overhead"], 50), "overhead_ms_p99": pct(col["overhead"], 99),
         "e2e_ms_p50": pct(e2e, 50), "e2e_ms_p99": pct(e2e, 99),
+        "receive_to_publish_ms_p50": pct(col["receive_to_publish"], 50),
+        "receive_to_publish_minus_forward_ms_p50": pct([r - f for r, f in zip(col["receive_to_publish"],
+                                                                              col["forward"])], 50),
+        "total_minus_inference_ms_p50": pct(old_overhead, 50), "total_minus_inference_ms_p99": pct(old_overhead, 99),
+        "breakdown_ms": {k: {"p50": pct(v, 50), "p99": pct(v, 99)} for k, v in col.items()},
+        **{f"{k}_ms_p50": pct(col[k], 50) for k in ("transport", "queue", "staging", "calibration", "decode",
+                                                     "publish")},
+        "staged_on_arrival_mean": float(np.mean(col["staged_on_arrival"])) if col["staged_on_arrival"] else 0.0,
+        "calibrated_ahead_share": float(np.mean(col["calibrated_ahead"])) if col["calibrated_ahead"] else 0.0,
         "dropped_sets": lost,
         "superseded_sets": superseded,
         "rss_growth_mb": (rss_vals[-1] - rss_vals[0]) if rss_vals else float("nan"),
@@ -234,33 +266,98 @@ def main() -> int:
         "sets_sent": sent, "sets_complete": complete, "sets_published": published,
         "sets_incomplete": int(counters.get("incomplete_sets", 0)), "late_images": int(counters.get("late_images", 0)),
         "duration_s": duration, "rate_hz": RATE_HZ, "cameras": "6 x 1600x900 rgb8", "cpu_count": os.cpu_count(),
-        "node_torch_threads": a.threads,
-        "model": "r18_128x352_cpu (random weights)", "device": "cpu", "quick": bool(a.quick),
-        "measured_sets": n,
+        "node_torch_threads": threads, "conversion_path": path,
+        "cv_bridge": "stand-in (bench/vehicle_shim: Humble's two copies)" if path == "vehicle" else "none",
+        "model": "r18_128x352_cpu (random weights)", "device": "cpu", "measured_sets": len(per_set),
         # other processes on the machine inflate every time (2 cores: the publisher alone is busy)
         "load_avg_1min_start": load_start, "load_avg_1min_end": os.getloadavg()[0],
+        "node_ready_line": ready_line.strip()[-300:],
     }
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
-    rows = [("overhead p50 / p99 (ms)", f"{res['overhead_ms_p50']:.1f} / {res['overhead_ms_p99']:.1f}"),
-            ("  preprocess / postprocess p50 (ms)",
-             f"{res['preprocess_ms_p50']:.1f} / {res['postprocess_ms_p50']:.1f}"),
+    if os.environ.get("BENCH_NODE_DUMP_SETS"):
+        Path(os.environ["BENCH_NODE_DUMP_SETS"]).write_text(json.dumps(per_set))
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="about 60 s per path instead of the 10-minute soak")
+    ap.add_argument("--duration", type=float, default=None, help="publishing time in seconds")
+    ap.add_argument("--role", default="main", choices=["main", "publisher"], help=argparse.SUPPRESS)
+    ap.add_argument("--path", default=None, choices=["fallback", "vehicle", "both"],
+                    help="image conversion path(s) to measure (default: both with --quick, fallback otherwise)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="the node's cpu_threads (torch intra-op threads; 1: the publisher shares the cores)")
+    ap.add_argument("--out", default=str(RESULTS / "node.json"))
+    a = ap.parse_args()
+    duration = a.duration or (50.0 if a.quick else 600.0)
+    if a.role == "publisher":
+        publisher(duration)
+        return 0
+    path = a.path or ("both" if a.quick else "fallback")
+    paths = ["fallback", "vehicle"] if path == "both" else [path]
+    runs = {}
+    for p in paths:  # one process per run: rclpy is initialised once per process
+        tmp = Path(tempfile.mkdtemp(prefix=f"bench_node_{p}_"))
+        cmd = [sys.executable, __file__, "--role", "main", "--path", p, "--duration", str(duration),
+               "--threads", str(a.threads), "--out", str(tmp / "run.json")]
+        if len(paths) > 1:
+            rc = subprocess.call(cmd)
+            if rc != 0:
+                return rc
+            runs[p] = json.loads((tmp / "run.json").read_text())
+        else:
+            runs[p] = measure(p, duration, a.threads, tmp)
+    out = Path(a.out)
+    if len(paths) == 1 and out.name == "run.json":  # a child run of --path both
+        out.write_text(json.dumps(runs[paths[0]], indent=2) + "\n")
+        return 0
+    old = json.loads(out.read_text()) if out.is_file() else {}
+    res = dict(runs.get("fallback") or runs[paths[0]])
+    res["quick"] = bool(a.quick)
+    if "vehicle" in runs:
+        res["vehicle_path"] = runs["vehicle"]
+        res["overhead_ms_p50_vehicle_path"] = runs["vehicle"]["overhead_ms_p50"]
+        res["overhead_ms_p99_vehicle_path"] = runs["vehicle"]["overhead_ms_p99"]
+    res["gpu"] = {"gpu_forward_ms_p50": None, "gpu_overhead_ms_p50": None, "gpu_overhead_ms_p99": None,
+                  "reason": "unmeasured: no GPU in this session (the CUDA path - pinned staging, device resize, "
+                            "fp16, no host sync inside a set - is tested on the CPU only)"}
+    merged = {k: v for k, v in old.items() if k.startswith("temporal")}
+    merged.update(res)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(merged, indent=2) + "\n")
+    for name, r in runs.items():
+        print_table(name, r)
+    print(f"wrote {out}")
+    return 0
+
+
+def print_table(name: str, res: dict) -> None:
+    b = res["breakdown_ms"]
+    rows = [("overhead p50 / p99 (ms)", f"{res['overhead_ms_p50']:.2f} / {res['overhead_ms_p99']:.2f}"),
+            *[(f"  {k} p50 / p99 (ms)", f"{b[k]['p50']:.2f} / {b[k]['p99']:.2f}")
+              for k in ("staging", "calibration", "detect_other", "decode", "publish")],
+            ("cameras staged on arrival (of 6, mean)", f"{res['staged_on_arrival_mean']:.2f}"),
+            ("sets calibrated ahead (share)", f"{res['calibrated_ahead_share']:.2f}"),
+            ("waits: transport / queue p50 (ms)", f"{b['transport']['p50']:.1f} / {b['queue']['p50']:.1f}"),
+            ("receive -> publish p50, minus forward (ms)",
+             f"{res['receive_to_publish_ms_p50']:.1f}, {res['receive_to_publish_minus_forward_ms_p50']:.1f}"),
+            ("old figure: total - inference p50 / p99 (ms)",
+             f"{res['total_minus_inference_ms_p50']:.1f} / {res['total_minus_inference_ms_p99']:.1f}"),
             ("model forward p50 (ms)", f"{res['inference_ms_p50']:.1f}  ({res['model_hz']:.1f} Hz)"),
             ("end-to-end p50 / p99 (ms)", f"{res['e2e_ms_p50']:.1f} / {res['e2e_ms_p99']:.1f}"),
-            ("sets sent / complete / published", f"{sent} / {complete} / {published}"),
-            ("lost (dropped_sets)", str(lost)),
-            ("superseded by a newer set", str(superseded)),
+            ("sets sent / complete / published", f"{res['sets_sent']} / {res['sets_complete']} / "
+                                                 f"{res['sets_published']}"),
+            ("lost (dropped_sets)", str(res["dropped_sets"])),
+            ("superseded by a newer set", str(res["superseded_sets"])),
             ("output rate (Hz)", f"{res['output_hz']:.2f}"),
             ("boxes per set", f"{res['boxes_per_set']:.0f}"),
             ("node RSS start -> end (MB)", f"{res['rss_start_mb']:.0f} -> {res['rss_end_mb']:.0f} "
                                            f"({res['rss_growth_mb']:+.1f})")]
     w = max(len(r[0]) for r in rows)
-    print(f"\nbench_node ({'quick' if a.quick else 'soak'}, {duration:.0f} s, {os.cpu_count()} CPUs, load average "
-          f"{res['load_avg_1min_start']:.1f} -> {res['load_avg_1min_end']:.1f})")
+    print(f"\nbench_node [{name} conversion path] ({res['duration_s']:.0f} s, {res['cpu_count']} CPUs, load average "
+          f"{res['load_avg_1min_start']:.1f} -> {res['load_avg_1min_end']:.1f}; machine shared)")
     for k, v in rows:
         print(f"  {k:<{w}}  {v}")
-    print(f"wrote {a.out}")
-    return 0
 
 
 if __name__ == "__main__":

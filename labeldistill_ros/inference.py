@@ -138,6 +138,7 @@ class InputSlot:
         self.pinned: list[torch.Tensor | None] = [None] * rows
         self.band_dev: list[torch.Tensor | None] = [None] * rows
         self.ready: list = [None] * rows  # CUDA events: the row's preprocessing finished on the staging stream
+        self.in_flight = np.zeros(rows, dtype=bool)  # a copy out of the row's pinned buffer may still be running
         self.in_use = False
 
     def reset(self) -> None:
@@ -151,8 +152,9 @@ class InputSlot:
             self.pinned[row] = buf = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
             self.band_dev[row] = torch.empty(shape, dtype=torch.uint8, device=self.device)
             self.ready[row] = torch.cuda.Event()
-        elif self.ready[row] is not None:
-            self.ready[row].synchronize()  # the previous copy out of this pinned buffer has finished (long ago)
+        elif self.in_flight[row]:  # staged for a set that was dropped before running: wait for its copy (long done)
+            self.ready[row].synchronize()
+        self.in_flight[row] = True
         return buf, self.band_dev[row]
 
 
@@ -345,48 +347,16 @@ class Detector:
                     ego_pose: np.ndarray | None = None) -> Detections:
         """:meth:`detect` on a staged slot: ``rows`` = the slot rows of the set's cameras (all staged), in the
         order of ``Ks`` and ``cam2target``. ``timing_ms['preprocess']`` is only what was left to do here."""
-        rows = list(rows)
-        n = len(rows)
-        missing = [r for r in rows if not slot.filled[r]]
-        if missing:
-            raise ValueError(f"slot rows {missing} were not staged")
-        Ks = np.asarray(Ks, dtype=np.float64).reshape(n, 3, 3)
-        T = np.asarray(cam2target, dtype=np.float64).reshape(n, 4, 4)
-        cuda = self.device.type == "cuda"
         t0 = time.perf_counter()
         with torch.inference_mode():
-            x = slot.x if rows == list(range(slot.rows)) else slot.x[rows]
-            K32, T32 = Ks.astype(np.float32)[None], T.astype(np.float32)[None]
-            ida32 = slot.ida[rows].astype(np.float32)[None]
-            key = host_calibration_key(self.device, K32, T32, ida32, self._bda_host)
-            K_t, T_t, ida_t = self._to_device(K32, T32, ida32)
-            if cuda:
-                stream = torch.cuda.current_stream(self.device)
-                for r in rows:
-                    stream.wait_event(slot.ready[r])  # the rows' preprocessing (staging stream); no host wait
-                events = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
-                events[0].record()
-            t1 = time.perf_counter()
-            missing_prev = 0
-            with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.precision == "fp16"):
-                with self._parts(n):
-                    if self.history is None:
-                        heads = self.model(x.unsqueeze(0), K_t, T_t, ida_t, self._bda, calib_key=key).head_outputs
-                    else:
-                        heads, missing_prev = self._temporal_forward(x.unsqueeze(0), K_t, T_t, ida_t, stamp_ns,
-                                                                     ego_pose, key)
-            if cuda:
-                events[1].record()
-            t2 = time.perf_counter()
-            cand = gather_candidates(heads, self.cfg.head.task_groups, self.class_names, self.cfg.bev_grid,
-                                     self._decode_cfg.max_candidates_per_task)
-            if cuda:
-                events[2].record()
+            cand, events, missing_prev, t1, t2 = self.forward_candidates(slot, rows, Ks, cam2target, stamp_ns,
+                                                                         ego_pose)
             cand = cand[0].cpu().numpy()  # the set's one device -> host transfer (and its only wait)
+        slot.in_flight[:] = False  # the stream has passed everything staged for this set
         t_host = time.perf_counter()
         dec = select_detections(cand, self._decode_cfg)
         t3 = time.perf_counter()
-        if cuda:  # device times from events (read after the transfer: no extra wait)
+        if events:  # device times from events (read after the transfer: no extra wait)
             pre = (t1 - t0) * 1e3
             fwd = events[0].elapsed_time(events[1])
             post = events[1].elapsed_time(events[2]) + (t3 - t_host) * 1e3
@@ -395,6 +365,52 @@ class Detector:
         return Detections(dec.boxes.astype(np.float64), dec.scores, dec.labels, self.class_names, dec.nonfinite,
                           {"preprocess": pre, "forward": fwd, "postprocess": post}, missing_prev)
 
+    def forward_candidates(self, slot: InputSlot, rows: Sequence[int], Ks, cam2target, stamp_ns=None,
+                           ego_pose=None) -> tuple[torch.Tensor, list, int, float, float]:
+        """The device part of :meth:`detect_slot` (call under ``torch.inference_mode``): calibration to the
+        device, forward, top-k candidates. Nothing here waits for the device (on CUDA: pinned non-blocking copies,
+        the pooling key from host copies, the slot's preprocessing awaited on the stream, no data-dependent
+        shapes); a new calibration's pooling index is the exception (built once, then cached). Returns
+        ``(candidates (1, M, 12) on the device, CUDA timing events or [], previous-frame slots without history,
+        host time before the forward, host time after it)``."""
+        rows = list(rows)
+        n = len(rows)
+        missing = [r for r in rows if not slot.filled[r]]
+        if missing:
+            raise ValueError(f"slot rows {missing} were not staged")
+        Ks = np.asarray(Ks, dtype=np.float64).reshape(n, 3, 3)
+        T = np.asarray(cam2target, dtype=np.float64).reshape(n, 4, 4)
+        cuda = self.device.type == "cuda"
+        x = slot.x if rows == list(range(slot.rows)) else slot.x[rows]
+        K32, T32 = Ks.astype(np.float32)[None], T.astype(np.float32)[None]
+        ida32 = slot.ida[rows].astype(np.float32)[None]
+        key = host_calibration_key(self.device, K32, T32, ida32, self._bda_host)
+        K_t, T_t, ida_t = self._to_device(K32, T32, ida32)
+        events = []
+        if cuda:
+            stream = torch.cuda.current_stream(self.device)
+            for r in rows:
+                stream.wait_event(slot.ready[r])  # the rows' preprocessing (staging stream); no host wait
+            events = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
+            events[0].record()
+        t1 = time.perf_counter()
+        missing_prev = 0
+        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.precision == "fp16"):
+            with self._parts(n):
+                if self.history is None:
+                    heads = self.model(x.unsqueeze(0), K_t, T_t, ida_t, self._bda, calib_key=key).head_outputs
+                else:
+                    heads, missing_prev = self._temporal_forward(x.unsqueeze(0), K_t, T_t, ida_t, stamp_ns,
+                                                                 ego_pose, key)
+        if cuda:
+            events[1].record()
+        t2 = time.perf_counter()
+        cand = gather_candidates(heads, self.cfg.head.task_groups, self.class_names, self.cfg.bev_grid,
+                                 self._decode_cfg.max_candidates_per_task)
+        if cuda:
+            events[2].record()
+        return cand, events, missing_prev, t1, t2
+
     def _to_device(self, *arrays: np.ndarray) -> list[torch.Tensor]:
         """Small host arrays -> device tensors (CUDA: through reused pinned buffers, non-blocking; a buffer is
         rewritten only by a later set, after this set's transfer back has waited for the stream)."""
@@ -402,7 +418,7 @@ class Detector:
             return [torch.from_numpy(a) for a in arrays]
         out = []
         for i, a in enumerate(arrays):
-            key = (i, a.shape)
+            key = (i, a.shape, len(arrays))
             buf = self._pinned_small.get(key)
             if buf is None:
                 buf = self._pinned_small[key] = torch.empty(a.shape, dtype=torch.float32, pin_memory=True)

@@ -232,7 +232,11 @@ class BevHistory:
         else:
             prev_bev = torch.zeros((1, 0, *shape), device=device, dtype=dtype)
         prev2curr = torch.as_tensor(np.asarray(p2c, dtype=np.float64).reshape(1, len(p2c), 4, 4),
-                                    dtype=torch.float32).to(device)
+                                    dtype=torch.float32)
+        if device.type == "cuda":  # through pinned memory: a pageable copy would wait for the device's queue
+            prev2curr = prev2curr.pin_memory().to(device, non_blocking=True)
+        else:
+            prev2curr = prev2curr.to(device)
         return PreviousFrames(prev_bev, prev2curr, missing)
 
 

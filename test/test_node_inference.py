@@ -129,3 +129,32 @@ def test_device_path_split_equals_the_transform(det, sample):
     on_device = torch.from_numpy(np.ascontiguousarray(band)).to(det.device)
     with torch.inference_mode():
         torch.testing.assert_close(det.transform.apply(on_device, plan), det.transform(img), rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (no GPU in the CPU sessions)")
+def test_cuda_set_path_does_not_wait_for_the_device(ckpt, sample):
+    """On CUDA nothing between a set's staging and its candidates' one transfer synchronises with the device:
+    torch's sync debug mode turns any synchronising call into an error (the first set builds the calibration's
+    pooling index, with syncs; later sets of the same rig reuse it). fp16 boxes match fp32 closely."""
+    T = tf_roundtrip(sample)
+    det16 = Detector(ckpt, device="cuda", precision="fp16", score_threshold=0.05, max_detections=50)
+    det16.warmup(6, iterations=1)
+    ref = det16.detect(sample.images, sample.Ks, T)  # builds this rig's pooling index
+    slot = det16.acquire_slot(6)
+    try:
+        with torch.inference_mode():
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                for cam in range(6):
+                    det16.stage(slot, cam, sample.images[cam])
+                cand, *_ = det16.forward_candidates(slot, range(6), sample.Ks, T)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+            assert cand.is_cuda
+        got = det16.detect_slot(slot, range(6), sample.Ks, T)
+    finally:
+        det16.release_slot(slot)
+    np.testing.assert_array_equal(got.boxes, ref.boxes)
+    det32 = Detector(ckpt, device="cuda", precision="fp32", score_threshold=0.05, max_detections=50)
+    ref32 = det32.detect(sample.images, sample.Ks, T)
+    assert abs(len(ref32) - len(got)) <= 2

@@ -213,3 +213,17 @@ def test_detected_objects_carry_the_velocity_in_the_object_frame():
     np.testing.assert_allclose(m.velocity_from_object_frame(d.boxes[:, 6], np.array(twist)), d.boxes[:, 7:9],
                                atol=1e-12)
     assert len(b.build(dets(3), STAMP, "base_link").objects) == 3
+
+
+@pytest.mark.parametrize("n,frame", [(0, "base_link"), (1, "b"), (7, "base_link"), (50, "odom_xyz")])
+def test_serialized_detection_array_is_the_built_message(n, frame):
+    """The node publishes Detection3DArray as CDR bytes written directly (DetectionArrayWriter): rclpy reads them
+    back as the message DetectionArrayBuilder builds, for every class name length and alignment."""
+    from rclpy.serialization import deserialize_message, serialize_message
+    from vision_msgs.msg import Detection3DArray
+
+    d = dets(n, seed=n)
+    raw = m.DetectionArrayWriter().serialize(d, STAMP, frame)
+    built = m.DetectionArrayBuilder().build(d, STAMP, frame)
+    assert len(raw) == len(serialize_message(built))
+    assert deserialize_message(raw, Detection3DArray) == built

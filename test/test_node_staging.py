@@ -86,12 +86,15 @@ def test_staging_thread_and_inference_thread_share_a_set():
     done: list[tuple[str, int]] = []
     gate = threading.Event()
 
-    def stage_fn(st, cam):
-        if cam == 1 and threading.current_thread().name == "labeldistill-staging":
+    def stage_fn(st, job):
+        if job == st.calib_job:  # the set's calibration: after its cameras
+            done.append(("calib", tuple(st.cams)))
+            return True
+        if job == 1 and threading.current_thread().name == "labeldistill-staging":
             gate.wait(5)  # camera 1 is still being staged when the inference thread takes the set
-        if cam == 2:
+        if job == 2:
             raise ImageError("camera 2: bad")
-        done.append((threading.current_thread().name, cam))
+        done.append((threading.current_thread().name, job))
 
     st = SetStage(4, slots.acquire, slots.release)
     st.items = ["a", "b", "c", None]
@@ -104,8 +107,8 @@ def test_staging_thread_and_inference_thread_share_a_set():
         threading.Timer(0.2, gate.set).start()
         with pytest.raises(ImageError, match="camera 2"):
             st.finish([0, 1, 2], stage_fn)  # waits for camera 1, stages camera 2 itself, reports its error
-        assert [c for _, c in done] == [0, 1]
-        assert st.staged_by_worker == [False, False, True, False]
+        assert [c for _, c in done] == [0, 1]  # a camera error stops the set before its calibration
+        assert st.staged_by_worker == [False, False, True, False, False]
         assert slots.released == []
         st.drop()
         assert slots.released == [0] and st.items == [None] * 4
@@ -138,7 +141,39 @@ def test_no_free_slot_leaves_the_work_to_the_inference_thread():
     st.items = ["a"]
     assert not st.try_stage(0, lambda s, c: None)
     st.finish([0], lambda s, c: None)  # the inference thread always gets a slot
-    assert st.slot == 99 and st.staged_by_worker == [True]
+    assert st.slot == 99 and st.staged_by_worker == [True, True]
+
+
+def test_calibration_runs_after_the_cameras_and_waits_for_their_sizes():
+    """The calibration job needs every camera's image size: in the staging thread it stays open ("not possible
+    yet") until the cameras are staged; the inference thread then finds it done or runs it last."""
+    slots = Slots(2)
+    order: list[str] = []
+
+    def stage_fn(st, job):
+        if job == st.calib_job:
+            if not all(st.state[c] == 2 for c in st.cams):
+                order.append("calib-not-yet")
+                return False
+            order.append("calib")
+            st.calib = "K+TF"
+            return True
+        order.append(f"cam{job}")
+        return True
+
+    st = SetStage(2, slots.acquire, slots.release)
+    st.items = ["a", "b"]
+    st.cams = [0, 1]
+    assert not st.try_stage(st.calib_job, stage_fn) and st.state[st.calib_job] == 0  # open again
+    assert st.try_stage(0, stage_fn) and st.try_stage(1, stage_fn) and st.try_stage(st.calib_job, stage_fn)
+    st.finish([0, 1], stage_fn)  # everything done ahead: nothing left for the inference thread
+    assert order == ["calib-not-yet", "cam0", "cam1", "calib"] and st.calib == "K+TF"
+    assert st.staged_by_worker == [False, False, False]
+    st2 = SetStage(2, slots.acquire, slots.release)
+    st2.items = ["a", "b"]
+    order.clear()
+    st2.finish([1, 0], stage_fn)  # a partial / unstaged set: cameras first, then its calibration
+    assert order == ["cam1", "cam0", "calib"] and st2.cams == [1, 0]
 
 
 def test_policy_stages_what_the_model_will_take():

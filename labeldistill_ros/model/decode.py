@@ -75,37 +75,56 @@ def gather_candidates(
 
     ``head_outputs``: one dict per task (``heatmap (B, n_cls, H, W)`` logits and the regression branches).
     Returns ``(B, M, 12)`` float32 with ``M = tasks x k'`` (``k' = min(k, n_max * H * W)``, ``n_max`` the largest
-    class count of a task) and columns :data:`CANDIDATE_COLUMNS`: the box ``(9)``, the score (sigmoid of the
-    peak), the label (index into ``class_names``; -1 for the padding of a task with fewer classes) and ``finite``
+    class count of a task; each task's own top-k, padded where a task has fewer cells than ``k'``) and columns
+    :data:`CANDIDATE_COLUMNS`: the box ``(9)``, the score (sigmoid of the peak), the label (index into
+    ``class_names``; -1 for padding) and ``finite``
     (1 when the peak's logit and its 10 code values are all finite). Non-finite candidates are returned (flagged),
     not filtered: counting and dropping them is the host's job (:func:`select_detections`).
     """
     heats = [t["heatmap"] for t in head_outputs]
     B, _, H, W = heats[0].shape
     n_max = max(h.shape[1] for h in heats)
-    # One top-k over all tasks: pad each task's classes to n_max with -inf (never above a real peak).
-    heat = torch.stack([h.float() if h.shape[1] == n_max else
-                        torch.cat([h.float(), h.new_full((B, n_max - h.shape[1], H, W), float("-inf"),
-                                                         dtype=torch.float32)], dim=1) for h in heats], dim=1)
-    T = len(heats)
-    logits, idx = heat.reshape(B, T, n_max * H * W).topk(min(k, n_max * H * W), dim=2)  # (B, T, k)
-    local = idx // (H * W)
-    pix = idx % (H * W)
-    table = torch.full((T, n_max), -1, dtype=torch.long)
-    for t, group in enumerate(task_groups):
-        table[t, : len(group)] = torch.tensor([class_names.index(c) for c in group])
-    labels = table.to(idx.device).gather(1, local.permute(1, 0, 2).reshape(T, -1)).reshape(T, B, -1).permute(1, 0, 2)
-    codes = []
-    for t, task in enumerate(head_outputs):  # gather the k peaks of each branch (no copy of the whole maps)
-        p = pix[:, t].unsqueeze(1)
-        codes.append(torch.cat([task[name].float().reshape(B, c, H * W).gather(2, p.expand(B, c, p.shape[2]))
-                                for name, c in REG_BRANCHES], dim=1))
+    k = min(k, n_max * H * W)
+    table = _label_table(tuple(map(tuple, task_groups)), tuple(class_names), n_max, heats[0].device)
+    logits, labels, pixels, codes = [], [], [], []
+    for t, task in enumerate(head_outputs):  # top-k of each task in place (no copy of the maps)
+        heat = task["heatmap"]
+        lg, idx = heat.reshape(B, -1).float().topk(min(k, heat.shape[1] * H * W), dim=1)
+        if lg.shape[1] < k:  # a task with fewer class cells than k: pad (label -1, never selected)
+            pad = k - lg.shape[1]
+            lg = torch.cat([lg, lg.new_full((B, pad), float("-inf"))], dim=1)
+            idx = torch.cat([idx, idx.new_full((B, pad), n_max * H * W)], dim=1)
+        local = idx // (H * W)
+        pix = idx % (H * W)
+        labels.append(table[t].gather(0, local.clamp(max=n_max).reshape(-1)).reshape(B, k))
+        p = pix.unsqueeze(1)
+        codes.append(torch.cat([task[name].float().reshape(B, c, H * W).gather(2, p.expand(B, c, k))
+                                for name, c in REG_BRANCHES], dim=1))  # the k peaks of each branch
+        logits.append(lg)
+        pixels.append(pix)
+    logits, labels, pix = torch.stack(logits, 1), torch.stack(labels, 1), torch.stack(pixels, 1)  # (B, T, k)
     code = torch.stack(codes, dim=1).transpose(2, 3)  # (B, T, k, 10)
     finite = torch.isfinite(code).all(dim=-1) & torch.isfinite(logits)
     boxes = decode_code(code, pix % W, pix // W, grid)  # (B, T, k, 9)
     out = torch.cat([boxes, torch.sigmoid(logits)[..., None], labels[..., None].float(), finite[..., None].float()],
                     dim=-1)
     return out.reshape(B, -1, len(CANDIDATE_COLUMNS))
+
+
+_LABEL_TABLES: dict = {}
+
+
+def _label_table(task_groups: tuple, class_names: tuple, n_max: int, device: torch.device) -> torch.Tensor:
+    """``(tasks, n_max + 1)`` global label of each task's class (-1: padding), kept on ``device`` (built once: a
+    copy to a GPU per set would wait for the stream)."""
+    key = (task_groups, class_names, n_max, str(device))
+    table = _LABEL_TABLES.get(key)
+    if table is None:
+        table = torch.full((len(task_groups), n_max + 1), -1, dtype=torch.long)  # column n_max: padding
+        for t, group in enumerate(task_groups):
+            table[t, : len(group)] = torch.tensor([class_names.index(c) for c in group])
+        table = _LABEL_TABLES[key] = table.to(device)
+    return table
 
 
 CANDIDATE_COLUMNS: tuple[str, ...] = ("x", "y", "z", "l", "w", "h", "yaw", "vx", "vy", "score", "label", "finite")

@@ -10,10 +10,11 @@ Data flow (callbacks only hand off; nothing heavy runs in the executor thread or
         set--> LatestWorker slot (newest wins; a superseded set's images are never converted)
       +--> staging thread: while the model keeps up (or is about to finish its set), each image is converted and
            preprocessed into its set's network input as it arrives (staging.py)
-    camera_info callbacks --> latest message per camera (validated in the worker, cached by content)
-    inference thread: what is not staged yet -> K (CameraInfo) + cam->target_frame at the reference stamp (TF,
-                      through fixed_frame) -> Detector.detect_slot (temporal models: + kept BEV of earlier sets)
-                      -> publish
+           and, once the set is complete, its calibration: K (CameraInfo) + cam->target_frame at the reference
+           stamp (TF, through fixed_frame)
+    camera_info callbacks --> latest message per camera (validated with the calibration, cached by content)
+    inference thread: whatever of the set is not staged yet -> Detector.detect_slot (temporal models: + kept BEV
+                      of earlier sets) -> publish (Detection3DArray as CDR bytes written directly)
 
 Topics (``~`` = the node's name, ``labeldistill_detector`` by default):
     in   ``image_topics[i]`` (sensor_msgs/Image) or ``image_topics[i]/compressed`` (CompressedImage),
@@ -59,7 +60,6 @@ except ImportError:  # Humble
     _MESSAGE_INFO = False
 
 THROTTLE_S = 5.0
-GIL_SWITCH_S = 0.0005
 
 
 def _qos(reliability: str, depth: int, transient_local: bool = False):
@@ -86,10 +86,6 @@ class DetectorNode(Node):
         self.p = p = params.from_node(self)
         from ..inference import Detector
 
-        # Three threads share the interpreter (executor, staging, inference): hand the GIL over every 0.5 ms
-        # instead of Python's 5 ms, so an image callback or a short stage never waits behind another thread's
-        # Python code for a whole switch interval.
-        sys.setswitchinterval(GIL_SWITCH_S)
 
         if p.cpu_threads:
             import torch
@@ -110,12 +106,14 @@ class DetectorNode(Node):
         self._bridge = optional_module("cv_bridge") is not None  # vehicle: cv_bridge converts the run sets
         self._lock = threading.Lock()  # guards the collector (executor thread: callbacks and the timer)
         self.policy = StagePolicy()
-        self.stager = Stager(self._stage_camera)
+        self.stager = Stager(self._stage_job)
+        self._calib_lock = threading.Lock()  # the calibration runs in the staging or the inference thread
         self.collector = SetCollector(p.num_cameras, p.sync_slop_s, p.sync_timeout_s, p.missing_camera_policy,
                                       p.min_cameras, new_ctx=self._new_stage, on_drop=SetStage.drop)
         self.worker = LatestWorker(self._process, on_error=self._on_worker_error,
                                    on_discard=lambda cs: cs.ctx.drop() if cs.ctx is not None else None)
         self._history_resets = 0  # collector resets already applied to the detector's temporal history
+        self._free_ns: int | None = None  # wall ns when the inference thread finished its last set
         self.stats = Counter()  # cumulative event counts, written by the inference thread
         self._window_base = Counter()
         self._diag_t = time.monotonic()
@@ -132,7 +130,7 @@ class DetectorNode(Node):
         from visualization_msgs.msg import MarkerArray
         from diagnostic_msgs.msg import DiagnosticArray
 
-        self._det_builder = messages.DetectionArrayBuilder()
+        self._det_writer = messages.DetectionArrayWriter()
         self._marker_builder = messages.MarkerArrayBuilder(p.marker_lifetime_s, p.marker_text)  # built on demand
         self.pub_det = self.create_publisher(Detection3DArray, "~/output/detections", out_qos)
         self.pub_objects = None
@@ -232,6 +230,10 @@ class DetectorNode(Node):
             st.last_received_ns = max(st.last_received_ns or received_ns, received_ns)
             if self.policy.stage_now(now):
                 self.stager.offer(st, cam)
+                for s in ready:  # a complete set's calibration follows its cameras
+                    if s.complete and s.ctx is not None:
+                        s.ctx.cams = s.present
+                        self.stager.offer(s.ctx, s.ctx.calib_job)
         self._submit(ready)
 
     def _submit(self, ready: list[CameraSet]) -> None:
@@ -262,25 +264,15 @@ class DetectorNode(Node):
         finally:
             st.drop()  # the input slot goes back, the raw images are let go
             self.policy.finished(time.monotonic())
+            self._free_ns = wall_ns()  # the inference thread is free for the next set
 
     def _run_set(self, cs: CameraSet, st: SetStage, t_pick: int) -> None:
         p, log = self.p, self.get_logger()
         cams = cs.present
         try:
-            for i in cams:
-                info = self._infos[i]
-                if info is None:
-                    raise CalibrationError(f"{self.names[i]}: no camera_info received yet on "
-                                           f"'{p.camera_info_topics[i]}'")
-                self.calib.update_info(i, info)
-            while self.calib.warnings:
-                log.warning(self.calib.warnings.pop(0))
-            st.finish(cams, self._stage_camera)  # what the staging thread has not done yet
-            t_staged = wall_ns()
-            calib = self.calib.resolve(
-                cams, [cs.items[i].frame_id for i in cams], [st.slot.sizes[i] for i in cams],
-                [cs.stamps_ns[i] for i in cams], self.tf.lookup_matrix, p.tf_timeout_s, p.fixed_frame,
-                self.tf.exceptions)
+            st.finish(cams, self._stage_job)  # cameras + calibration: what the staging thread has not done yet
+            t_staged = t_calib = wall_ns()
+            calib = st.calib
         except ImageError as exc:
             self.stats["input_errors"] += 1
             self._warn("image", str(exc), f"bad image, set skipped: {exc}")
@@ -304,7 +296,6 @@ class DetectorNode(Node):
         if resets != self._history_resets:  # time jumped back: the kept previous frames are not this set's past
             self._history_resets = resets
             self.detector.reset_history()
-        t_calib = wall_ns()
         det = self.detector.detect_slot(st.slot, cams, calib.Ks, calib.cam2target,
                                         stamp_ns=calib.reference_stamp_ns, ego_pose=calib.ego_pose)
         t_det = wall_ns()
@@ -318,7 +309,7 @@ class DetectorNode(Node):
             self._warn("nonfinite", "", f"{det.nonfinite} candidate boxes with non-finite model outputs dropped "
                                         f"(set at {cs.stamp_ns / 1e9:.3f} s): check the checkpoint", error=True)
         stamp = calib.reference_stamp_ns  # the latest camera's: the frame the boxes are expressed at
-        self.pub_det.publish(self._det_builder.build(det, stamp, p.target_frame))
+        self.pub_det.publish(self._det_writer.serialize(det, stamp, p.target_frame))  # CDR bytes, no rclpy objects
         t_pub = wall_ns()
         if self.pub_objects is not None:
             self.pub_objects.publish(self._objects_builder.build(det, stamp, p.target_frame))
@@ -332,20 +323,29 @@ class DetectorNode(Node):
         """Per-set times (ms), from the first image's arrival (the middleware's reception time) to the outputs:
         ``~/debug/stage_times_ms`` (every stage below), the Autoware-style
         ``~/debug/processing_time/*_ms`` (from the moment the inference thread took the set) and
-        ``~/debug/pipeline_latency_ms``. ``overhead`` = the node's own time on the set's path: first arrival to
-        the detections published, minus the model forward, minus the time spent waiting for the set's other images
-        (``transport``; a partial set's sync timeout too) and for the model to finish the previous set
-        (``queue``). Camera work done while waiting (staging on arrival) costs nothing here."""
+        ``~/debug/pipeline_latency_ms``.
+
+        ``overhead`` = how much later the detections are published than by a node with no cost of its own, which
+        would publish ``forward`` after both the set's inputs were in (its last image arrived; a partial set: the
+        sync timeout closed it) and the inference thread was free of the previous set: ``publish - forward -
+        max(inputs in, thread free)``. It holds the executor's delay in delivering the images and everything the
+        inference thread does besides the forward (staging left over, calibration, decoding, publishing), but not
+        the waits for the cameras (``transport``) or for the model (``queue``), which a node cannot shorten.
+        Camera work done while waiting (staging on arrival) costs nothing here. ``receive_to_publish`` is the whole
+        time from the first image's arrival."""
         ms = 1e-6
         first, last = st.first_received_ns or t_pick, st.last_received_ns or t_pick
         ready = getattr(st, "ready_ns", None) or t_pick
+        inputs_in = last if cs.complete else max(last, ready)  # a partial set is in when the timeout closed it
+        free = min(self._free_ns or 0, t_pick)
         fwd = det.timing_ms.get("forward", 0.0)
         times = {
             "transport": (last - first) * ms,
             "sync": max(0, ready - last) * ms,
-            "queue": max(0, t_pick - ready) * ms,
+            "queue": max(0, free - inputs_in) * ms,
+            "pickup": (t_pick - max(ready, free)) * ms,
             "staging": (t_staged - t_pick) * ms,
-            "calibration": (t_calib - t_staged) * ms,
+            "calibration": getattr(st, "calib_ms", 0.0),
             "forward": fwd,
             "decode": det.timing_ms.get("postprocess", 0.0),
             "detect_other": max(0.0, (t_det - t_calib) * ms - fwd - det.timing_ms.get("postprocess", 0.0)),
@@ -353,10 +353,10 @@ class DetectorNode(Node):
             "other_outputs": (t_end - t_pub) * ms,
             "receive_to_publish": (t_pub - first) * ms,
         }
-        waits = times["transport"] + times["queue"] + (0.0 if cs.complete else times["sync"])
-        times["overhead"] = times["receive_to_publish"] - fwd - waits
+        times["overhead"] = (t_pub - max(inputs_in, free)) * ms - fwd
         times["staged_on_arrival"] = float(sum(1 for i in cs.present if not st.staged_by_worker[i]))
-        pre = times["staging"] + times["calibration"] + det.timing_ms.get("preprocess", 0.0)
+        times["calibrated_ahead"] = float(not st.staged_by_worker[st.calib_job])
+        pre = times["staging"] + det.timing_ms.get("preprocess", 0.0)
         total = (t_end - t_pick) * ms
         timing = {"preprocess": pre, "inference": fwd, "postprocess": max(0.0, total - pre - fwd), "total": total,
                   "overhead": times["overhead"], "receive_to_publish": times["receive_to_publish"]}
@@ -374,10 +374,44 @@ class DetectorNode(Node):
             name="stage_times_ms", hardware_id=self.get_fully_qualified_name(),
             message=f"{stamp}", values=[KeyValue(key=k, value=f"{v:.4f}") for k, v in times.items()]))
 
-    def _stage_camera(self, st: SetStage, cam: int) -> None:
-        """One camera's work (staging thread or inference thread): convert the image, preprocess it into the set's
-        input slot."""
-        self.detector.stage(st.slot, cam, self._to_rgb(cam, st.items[cam]))
+    def _stage_job(self, st: SetStage, job: int) -> bool:
+        """One job of a set (staging thread or inference thread): a camera's image converted and preprocessed
+        into the set's input slot, or the set's calibration once its cameras are in (False: an image size is not
+        known yet, the job stays open)."""
+        if job != st.calib_job:
+            self.detector.stage(st.slot, job, self._to_rgb(job, st.items[job]))
+            return True
+        return self._calibrate(st)
+
+    def _calibrate(self, st: SetStage) -> bool:
+        """The set's calibration into ``st.calib``: K from each camera's latest CameraInfo (validated), extrinsics
+        from TF moved to the reference stamp (:meth:`CalibrationCache.resolve`). Raises CalibrationError or the TF
+        backend's exception."""
+        p, cams = self.p, st.cams
+        sizes = []
+        for i in cams:
+            item = st.items[i]
+            size = st.slot.sizes[i] if st.slot is not None else None
+            if size is None and item is not None and not item.compressed:
+                size = (item.width, item.height)  # a raw image's size is in its header
+            if size is None or item is None:
+                return False  # a compressed image not decoded yet
+            sizes.append(size)
+        t0 = time.perf_counter()
+        with self._calib_lock:
+            for i in cams:
+                info = self._infos[i]
+                if info is None:
+                    raise CalibrationError(f"{self.names[i]}: no camera_info received yet on "
+                                           f"'{p.camera_info_topics[i]}'")
+                self.calib.update_info(i, info)
+            while self.calib.warnings:
+                self.get_logger().warning(self.calib.warnings.pop(0))
+            st.calib = self.calib.resolve(
+                cams, [st.items[i].frame_id for i in cams], sizes, [st.items[i].stamp_ns for i in cams],
+                self.tf.lookup_matrix, p.tf_timeout_s, p.fixed_frame, self.tf.exceptions)
+        st.calib_ms = (time.perf_counter() - t0) * 1e3
+        return True
 
     def _publish_markers(self, det, stamp_ns: int) -> None:
         """Markers for an output, built only while someone subscribes; their lifetime follows the measured output

@@ -4,6 +4,9 @@ arrives, while the other cameras are still on their way or the model still runs 
 inference thread takes the set, only what is not staged yet is left on its path (usually nothing, or the last
 camera).
 
+When a set is complete, its calibration (CameraInfo check, TF lookups, ego-motion compensation) is a job of its
+own, after the cameras.
+
 What gets staged on arrival (:class:`StagePolicy`): everything while the model keeps up with the cameras (it is
 idle when images arrive); while it runs a set, only sets that will probably be the next one it takes: those
 arriving within ``lookahead_periods`` camera periods of the end the running set is expected at (the running set's
@@ -28,17 +31,23 @@ NOT_STAGED, STAGING, STAGED, FAILED = 0, 1, 2, 3
 
 
 class SetStage:
-    """One camera set's staging state: its raw items, the detector input slot, each camera's state.
+    """One camera set's staging state: its raw items, the detector input slot, the state of each job.
 
-    ``stage_fn(stage, cam)`` does a camera's work (convert + :meth:`Detector.stage` into ``stage.slot``; raises on a
-    bad image). ``acquire(blocking) -> slot or None`` and ``release(slot)`` come from the detector.
+    Jobs ``0 .. n-1`` are the cameras, job ``n`` (:attr:`calib_job`) the set's calibration (CameraInfo + TF), which
+    needs every camera's image size and so runs after them. ``stage_fn(stage, job)`` does a job (a camera: convert
+    + :meth:`Detector.stage` into ``stage.slot``; the calibration: into ``stage.calib``); it raises on bad input
+    (reported by :meth:`finish`) and may return False for "not possible yet" (the job stays open).
+    ``acquire(blocking) -> slot or None`` and ``release(slot)`` come from the detector.
     """
 
     def __init__(self, num_cameras: int, acquire: Callable[[bool], Any], release: Callable[[Any], None]):
         self.items: list[Any] = [None] * num_cameras
-        self.state = [NOT_STAGED] * num_cameras
-        self.errors: list[BaseException | None] = [None] * num_cameras
-        self.staged_by_worker = [False] * num_cameras
+        self.calib_job = num_cameras
+        self.state = [NOT_STAGED] * (num_cameras + 1)
+        self.errors: list[BaseException | None] = [None] * (num_cameras + 1)
+        self.staged_by_worker = [False] * (num_cameras + 1)
+        self.cams: list[int] | None = None  # the cameras of the set once it is complete / emitted
+        self.calib = None  # the set's calibration (the calibration job's result)
         self.slot = None
         self.first_received_ns: int | None = None  # middleware reception times of the set's first / last image
         self.last_received_ns: int | None = None
@@ -47,57 +56,66 @@ class SetStage:
         self._cond = threading.Condition()
         self._dropped = False
 
+    def _startable(self, job: int) -> bool:
+        if job == self.calib_job:
+            return self.cams is not None
+        return self.items[job] is not None
+
     # -- staging thread ---------------------------------------------------------------------------------------
-    def try_stage(self, cam: int, stage_fn: Callable[["SetStage", int], None]) -> bool:
-        """Stage camera ``cam`` unless it is already staged/started, the set was dropped, or no slot is free."""
+    def try_stage(self, job: int, stage_fn: Callable[["SetStage", int], bool | None]) -> bool:
+        """Run ``job`` unless it is already done/started, the set was dropped, or no slot is free."""
         with self._cond:
-            if self._dropped or self.state[cam] != NOT_STAGED or self.items[cam] is None:
+            if self._dropped or self.state[job] != NOT_STAGED or not self._startable(job):
                 return False
             if self.slot is None:
                 self.slot = self._acquire(False)
                 if self.slot is None:  # every slot busy: the inference thread will stage it
                     return False
-            self.state[cam] = STAGING
-        self._run(cam, stage_fn)
-        return True
+            self.state[job] = STAGING
+        return self._run(job, stage_fn)
 
     # -- inference thread -------------------------------------------------------------------------------------
-    def finish(self, cams: list[int], stage_fn: Callable[["SetStage", int], None]) -> None:
-        """Make every camera of ``cams`` staged: wait for one in progress, stage the others here. Raises the first
-        camera's staging error (in camera order)."""
+    def finish(self, cams: list[int], stage_fn: Callable[["SetStage", int], bool | None]) -> None:
+        """Make every camera of ``cams`` staged, then the calibration: stage here what nobody started (in parallel
+        with the staging thread's current job), wait for what is in progress. Raises the first error (cameras in
+        order, then the calibration)."""
         with self._cond:
             if self.slot is None:
                 self.slot = self._acquire(True)
-        for cam in cams:
-            with self._cond:
-                while self.state[cam] == STAGING:
-                    self._cond.wait()
-                mine = self.state[cam] == NOT_STAGED
-                if mine:
-                    self.state[cam] = STAGING
-                    self.staged_by_worker[cam] = True
-            if mine:
-                self._run(cam, stage_fn)
-        for cam in cams:
-            if self.errors[cam] is not None:
-                raise self.errors[cam]
+            self.cams = list(cams)
+        for jobs in (list(cams), [self.calib_job]):
+            while True:
+                with self._cond:
+                    job = next((j for j in jobs if self.state[j] == NOT_STAGED), None)
+                    if job is None:
+                        while any(self.state[j] == STAGING for j in jobs):
+                            self._cond.wait()
+                        break
+                    self.state[job] = STAGING
+                    self.staged_by_worker[job] = True
+                if not self._run(job, stage_fn):
+                    raise RuntimeError(f"staging job {job} could not run with every camera staged")
+            for j in jobs:
+                if self.errors[j] is not None:
+                    raise self.errors[j]
 
     # -- either ---------------------------------------------------------------------------------------------
-    def _run(self, cam: int, stage_fn) -> None:
-        err = None
+    def _run(self, job: int, stage_fn) -> bool:
+        err, done = None, True
         try:
-            stage_fn(self, cam)
+            done = stage_fn(self, job) is not False
         except BaseException as exc:  # noqa: BLE001 - reported by finish() in the inference thread
             err = exc
         with self._cond:
-            self.errors[cam] = err
-            self.state[cam] = FAILED if err is not None else STAGED
+            self.errors[job] = err
+            self.state[job] = FAILED if err is not None else (STAGED if done else NOT_STAGED)
             self._cond.notify_all()
             self._maybe_release()
+        return done
 
     def drop(self) -> None:
-        """The set is done with (processed, superseded, incomplete): its slot goes back once no camera is being
-        staged, and its raw images are let go."""
+        """The set is done with (processed, superseded, incomplete): its slot goes back once no job is running,
+        and its raw images are let go."""
         with self._cond:
             self._dropped = True
             self._maybe_release()
@@ -110,7 +128,7 @@ class SetStage:
 
     @property
     def staged_count(self) -> int:
-        return sum(s == STAGED for s in self.state)
+        return sum(s == STAGED for s in self.state[: self.calib_job])
 
 
 class StagePolicy:
@@ -159,8 +177,8 @@ class Stager:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def offer(self, stage: SetStage, cam: int) -> None:
-        self._q.put((stage, cam))
+    def offer(self, stage: SetStage, job: int) -> None:
+        self._q.put((stage, job))
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self._q.put(None)
