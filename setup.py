@@ -1,4 +1,8 @@
-"""ament_python package definition (colcon build in a ROS 2 workspace, or pip install -e . here)."""
+"""ament_python package definition of the vehicle runtime (colcon build in a ROS 2 workspace, or pip install -e .).
+
+The offline training code (``labeldistill_training``: labeldistill-train, -synth, -nusc2bag, -bag-eval) is its own
+distribution in ``training/`` (``pip install -e training``); ``make setup`` installs both.
+"""
 import os
 from glob import glob
 
@@ -7,16 +11,11 @@ from setuptools import find_packages, setup
 package_name = "labeldistill_ros"
 share = os.path.join("share", package_name)
 
-# training/ is installed under a distinct import name so it cannot collide in site-packages.
-training_packages = ["labeldistill_training"] + [
-    "labeldistill_training." + p for p in find_packages(where="training")
-]
-
 setup(
     name=package_name,
     version="0.1.0",
-    packages=find_packages(include=[package_name, package_name + ".*"]) + training_packages,
-    package_dir={"labeldistill_training": "training"},
+    # The vehicle runtime only: the offline training code is its own distribution (training/setup.py).
+    packages=find_packages(include=[package_name, package_name + ".*"]),
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         (share, ["package.xml"]),
@@ -28,17 +27,7 @@ setup(
     ],
     install_requires=["setuptools", "numpy", "pyyaml", "torch>=2.1"],
     extras_require={
-        # Offline training and evaluation (never needed on the vehicle).
-        "train": [
-            "nuscenes-devkit==1.2.0",
-            "opencv-python-headless<4.12",
-            "numpy<2",
-            "rosbags>=0.11",
-            "tqdm",
-            "matplotlib",
-            "tensorboard",  # training curves in the tool users already have (the CSV log stays)
-        ],
-        "test": ["pytest", "pytest-xdist", "pytest-timeout", "rosbags>=0.11"],
+        "test": ["pytest", "pytest-xdist", "pytest-timeout", "rosbags>=0.11", "ruff"],
     },
     zip_safe=False,
     maintainer="labeldistill_ros maintainers",
@@ -49,11 +38,7 @@ setup(
     entry_points={
         "console_scripts": [
             "detector_node = labeldistill_ros.node.detector_node:main",
-            "labeldistill-synth = labeldistill_training.synth.cli:main",
-            "labeldistill-nusc2bag = labeldistill_training.tools.nusc2bag:main",
-            "labeldistill-bag-eval = labeldistill_training.tools.bag_eval:main",
             "labeldistill-bag-play = labeldistill_ros.bag.player:main",
-            "labeldistill-train = labeldistill_training.cli:main",
         ],
     },
 )

@@ -1,9 +1,12 @@
-"""Packaging: a built wheel and a colcon-style install carry launch/config files to share/labeldistill_ros,
-the training code is importable only under its own collision-free name ``labeldistill_training``, and package.xml
-declares every package the node, the bag player and the launch file import or start at run time."""
+"""Packaging: a built wheel and a colcon-style install (with and without --symlink-install, i.e. setup.py develop)
+carry launch/config files to share/labeldistill_ros and install the vehicle runtime only; the training code is its
+own distribution in training/ whose folder path is its import path (``labeldistill_training``: collision-free in
+site-packages), working as a wheel, an editable install and a develop-style install with its console scripts; and
+package.xml declares every package the node, the bag player and the launch file import or start at run time."""
 from __future__ import annotations
 
 import ast
+import os
 import shutil
 import subprocess
 import sys
@@ -46,7 +49,7 @@ def _run(cmd, cwd):
     return r
 
 
-def test_wheel_carries_share_files_and_training_under_its_own_name(source_copy, tmp_path):
+def test_wheels_carry_share_files_and_training_under_its_own_name(source_copy, tmp_path):
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path,
           source_copy], cwd=tmp_path)
     (wheel,) = tmp_path.glob(f"{PKG}-*.whl")
@@ -57,13 +60,25 @@ def test_wheel_carries_share_files_and_training_under_its_own_name(source_copy, 
     assert f"{data}/launch/detector.launch.py" in names and f"{data}/config/detector.yaml" in names
     marker = next(n for n in names if n.endswith(f"share/ament_index/resource_index/packages/{PKG}"))
     assert marker
-    assert "labeldistill_training/__init__.py" in names
-    assert not any(n.startswith("training/") for n in names), "training/ would collide in site-packages"
     assert f"{PKG}/__init__.py" in names
+    assert not any(n.startswith(("labeldistill_training/", "training/")) for n in names), \
+        "the vehicle runtime's wheel carries no training code"
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path,
+          source_copy / "training"], cwd=tmp_path)
+    (twheel,) = tmp_path.glob("labeldistill_training-*.whl")
+    tnames = zipfile.ZipFile(twheel).namelist()
+    assert "labeldistill_training/__init__.py" in tnames and "labeldistill_training/trainer.py" in tnames
+    assert not any(n.startswith("training/") for n in tnames), "training/ would collide in site-packages"
+    entry = next(n for n in tnames if n.endswith("entry_points.txt"))
+    scripts = zipfile.ZipFile(twheel).read(entry).decode()
+    for cmd in ("labeldistill-train", "labeldistill-synth", "labeldistill-nusc2bag", "labeldistill-bag-eval"):
+        assert f"{cmd} = labeldistill_training." in scripts
 
 
 def test_colcon_style_install(source_copy, tmp_path):
-    """What colcon's ament_python build runs without --symlink-install: setup.py build + install."""
+    """What colcon's ament_python build runs without --symlink-install: setup.py build + install. A vehicle build
+    installs the runtime only (training/ holds a COLCON_IGNORE and is not part of the root package)."""
+    assert (source_copy / "training" / "COLCON_IGNORE").is_file()
     prefix, build = tmp_path / "install", tmp_path / "build"
     build.mkdir()
     _run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base", build, "build", "--build-base", build,
@@ -74,15 +89,49 @@ def test_colcon_style_install(source_copy, tmp_path):
     for rel in _data_files():
         assert (share / rel).is_file(), f"colcon install lacks share/{PKG}/{rel}"
     assert (prefix / "share" / "ament_index" / "resource_index" / "packages" / PKG).is_file()
-    code = ("import labeldistill_ros, labeldistill_training, importlib.util, sys; "
-            "print(labeldistill_ros.__file__); print(labeldistill_training.__file__); "
-            "print(importlib.util.find_spec('training'))")
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+    code = ("import labeldistill_ros, importlib.util; print(labeldistill_ros.__file__); "
+            "print(importlib.util.find_spec('labeldistill_training')); print(importlib.util.find_spec('training'))")
+    r = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True,
                        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
-    ros_file, training_file, training_spec = r.stdout.split("\n")[:3]
-    assert ros_file.startswith(str(site)) and training_file.startswith(str(site))
-    assert training_spec == "None"
+    ros_file, training_spec, bare_spec = r.stdout.split("\n")[:3]
+    assert ros_file.startswith(str(site)) and training_spec == "None" and bare_spec == "None"
+    assert (prefix / "lib" / PKG / "detector_node").is_file() or (prefix / "bin" / "detector_node").is_file()
+
+
+def test_develop_style_install_imports_training_and_runs_its_console_script(source_copy, tmp_path):
+    """``setup.py develop`` (what colcon build --symlink-install runs) of training/: it imports from the sources
+    (folder path = import path) and a training console script runs (it failed with ModuleNotFoundError when
+    training/ was mapped to its import name by package_dir)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    # The runtime's own develop needs setup.cfg's [develop] script_dir, which only the classic setuptools of a
+    # ROS install (Humble 59, Jazzy 68) accepts; here it is put on the path as its develop would.
+    src = source_copy / "training"
+    for stale in src.glob("*.egg-info"):  # the checkout's own editable install left these
+        shutil.rmtree(stale)
+    r = subprocess.run([sys.executable, "setup.py", "-q", "develop", "--no-deps", "--install-dir", site],
+                       cwd=src, capture_output=True, text=True, env={**env, "PATH": os.environ["PATH"]})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    (site / "runtime.pth").write_text(str(source_copy) + "\n")
+    # the install dir is a site dir (as colcon's setup scripts make it): its .pth / egg-links are processed
+    code = (f"import site; site.addsitedir({str(site)!r}); import labeldistill_ros, labeldistill_training; "
+            "print(labeldistill_ros.__file__); print(labeldistill_training.__file__)")
+    # -S: the test venv's own editable installs (of the checkout) stay out of the way
+    r = subprocess.run([sys.executable, "-S", "-c", code], cwd="/", capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    ros_file, training_file = r.stdout.split("\n")[:2]
+    assert Path(ros_file) == source_copy / PKG / "__init__.py"
+    assert Path(training_file) == source_copy / "training" / "labeldistill_training" / "__init__.py"
+    # classic setuptools (a vehicle's colcon) writes scripts into the install dir, setuptools >= 80 into its bin/
+    script = next(p for p in (site / "bin" / "labeldistill-train", site / "labeldistill-train") if p.is_file())
+    run = (f"import site, sys, runpy; site.addsitedir({str(site)!r}); sys.argv = ['labeldistill-train', '--help']; "
+           f"runpy.run_path({str(script)!r}, run_name='__main__')")
+    deps = [p for p in sys.path if p.endswith("site-packages")]  # torch & co., without their .pth files
+    r = subprocess.run([sys.executable, "-S", "-c", run], cwd="/", capture_output=True, text=True,
+                       env={**env, "PYTHONPATH": os.pathsep.join([str(site), *deps])})
+    assert r.returncode == 0 and "--stage" in r.stdout, r.stdout[-1500:] + r.stderr[-2000:]
 
 
 def test_editable_install_imports_training_from_the_checkout():
@@ -91,7 +140,7 @@ def test_editable_install_imports_training_from_the_checkout():
     r = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     path, spec = r.stdout.split("\n")[:2]
-    assert Path(path) == REPO / "training" / "__init__.py"
+    assert Path(path) == REPO / "training" / "labeldistill_training" / "__init__.py"
     assert spec == "None", "a top-level 'training' package is importable: it could collide in site-packages"
 
 

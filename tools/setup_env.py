@@ -112,7 +112,7 @@ def step_venv() -> None:
 def step_packages() -> None:
     # requirements/ minus the other distributions' wheel lists (so a Jazzy pin does not reinstall Kilted)
     others = {reqs for _, reqs in DISTROS.values()} - {ROS_REQUIREMENTS.name}
-    inputs = [ROOT / "setup.py", ROOT / "setup.cfg"] + [
+    inputs = [ROOT / "setup.py", ROOT / "setup.cfg", ROOT / "training" / "setup.py"] + [
         f for f in (ROOT / "requirements").rglob("*") if f.is_file() and f.name not in others]
     key = digest(inputs)
     if stamped("packages", key):
@@ -121,7 +121,7 @@ def step_packages() -> None:
     constraints = ROOT / "requirements" / "constraints.txt"
     run([PY, "-m", "pip", "install", "-q", "--upgrade", "pip", "setuptools>=68", "wheel"], logf)
     run([PY, "-m", "pip", "install", "-c", constraints, "torch==2.13.0",
-         "-r", ROS_REQUIREMENTS, "-e", f"{ROOT}[train,test]"], logf)
+         "-r", ROS_REQUIREMENTS, "-e", f"{ROOT}[test]", "-e", str(ROOT / "training")], logf)
     ver = venv_python("import torch; print(torch.__version__)")
     if not ver.startswith("2.13.0"):
         raise StepFailed(f"torch {ver} installed, expected 2.13.0 (CPU build from local disk)")

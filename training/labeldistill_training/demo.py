@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository (training/labeldistill_training/demo.py)
 TRAIN_CONFIG = ROOT / "config" / "train" / "cpu_small.yaml"
 
 
