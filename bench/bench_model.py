@@ -200,7 +200,9 @@ def bench_compiled_cpu(cfg, iters: int, threads: int = 1) -> dict:
     return {"eager_ms_p50": round(e, 2), "compiled_ms_p50": round(c, 2), "compiled_speedup": round(e / c, 3),
             "compile_s": round(compile_s, 1), "max_abs_diff_vs_eager": float(f"{diff:.2e}"), "iters": iters,
             "torch_threads": threads, "backend": "torch.compile (inductor, freezing) of backbone, image_neck, "
-                                                 "depth_net, bev_encoder, head; pooling eager"}
+                                                 "depth_net, bev_encoder, head; pooling eager",
+            "compile_note": "compile_s is with inductor's on-disk cache as this machine had it; a first "
+                            "compilation on a machine took 171 s here (2 cores, loaded)"}
 
 
 def bench_forward_cuda(cfg, iters: int) -> dict:

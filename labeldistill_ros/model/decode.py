@@ -87,23 +87,23 @@ def gather_candidates(
     k = min(k, n_max * H * W)
     table = _label_table(tuple(map(tuple, task_groups)), tuple(class_names), n_max, heats[0].device)
     logits, labels, pixels, codes = [], [], [], []
-    for t, task in enumerate(head_outputs):  # top-k of each task in place (no copy of the maps)
+    for t, task in enumerate(head_outputs):  # top-k of each task in place (no copy of the heatmaps)
         heat = task["heatmap"]
-        lg, idx = heat.reshape(B, -1).float().topk(min(k, heat.shape[1] * H * W), dim=1)
+        lg, idx = heat.reshape(B, -1).topk(min(k, heat.shape[1] * H * W), dim=1)
         if lg.shape[1] < k:  # a task with fewer class cells than k: pad (label -1, never selected)
             pad = k - lg.shape[1]
             lg = torch.cat([lg, lg.new_full((B, pad), float("-inf"))], dim=1)
             idx = torch.cat([idx, idx.new_full((B, pad), n_max * H * W)], dim=1)
-        local = idx // (H * W)
         pix = idx % (H * W)
-        labels.append(table[t].gather(0, local.clamp(max=n_max).reshape(-1)).reshape(B, k))
-        p = pix.unsqueeze(1)
-        codes.append(torch.cat([task[name].float().reshape(B, c, H * W).gather(2, p.expand(B, c, k))
-                                for name, c in REG_BRANCHES], dim=1))  # the k peaks of each branch
-        logits.append(lg)
+        labels.append(table[t][idx // (H * W)])
+        # the 10 code channels side by side (a small copy; one gather instead of one per branch: few ops, which
+        # matters on a CPU shared with the node's other threads)
+        code = torch.cat([task[name] for name, _ in REG_BRANCHES], dim=1).reshape(B, 10, H * W)
+        codes.append(code.gather(2, pix.unsqueeze(1).expand(B, 10, k)))
+        logits.append(lg.float())
         pixels.append(pix)
     logits, labels, pix = torch.stack(logits, 1), torch.stack(labels, 1), torch.stack(pixels, 1)  # (B, T, k)
-    code = torch.stack(codes, dim=1).transpose(2, 3)  # (B, T, k, 10)
+    code = torch.stack(codes, dim=1).transpose(2, 3).float()  # (B, T, k, 10)
     finite = torch.isfinite(code).all(dim=-1) & torch.isfinite(logits)
     boxes = decode_code(code, pix % W, pix // W, grid)  # (B, T, k, 9)
     out = torch.cat([boxes, torch.sigmoid(logits)[..., None], labels[..., None].float(), finite[..., None].float()],
