@@ -18,6 +18,7 @@ setup:
 	@$(PYTHON) tools/setup_env.py
 
 test: setup
+	@$(VENV_PY) -m ruff check .
 	@$(VENV_PY) -m pytest -n 2 --dist loadgroup -q test
 
 setup-jazzy:

@@ -27,7 +27,7 @@ setup(
     ],
     install_requires=["setuptools", "numpy", "pyyaml", "torch>=2.1"],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "pytest-timeout", "rosbags>=0.11", "ruff"],
+        "test": ["pytest", "pytest-xdist", "pytest-timeout", "rosbags>=0.11", "ruff==0.17.6"],
     },
     zip_safe=False,
     maintainer="labeldistill_ros maintainers",

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from labeldistill_ros.dds import apply_dds_environment
+
 TEST_DIR = Path(__file__).resolve().parent
 REPO = TEST_DIR.parent
 SHARED = REPO.parent / "shared"
-from labeldistill_ros.dds import apply_dds_environment
 
 # Fixture modules shared by several test files (the test folder is on sys.path: setup.cfg pythonpath).
 pytest_plugins = ("data_fixtures", "bag_fixtures")

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
 import bench_distill
 import bench_distill_probe
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(seed, nds, map_, step, recall):

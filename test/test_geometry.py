@@ -129,7 +129,7 @@ def test_real_sample_ego_path_differs_only_by_ego_motion(sample):
     boxes = sample["boxes_lidar"]
     lidar2ego = np.array(sample["lidar"]["lidar2ego"])
     speeds = []
-    for cam, cal in sample["cameras"].items():
+    for cal in sample["cameras"].values():
         K, lidar2cam, cam2ego = (np.array(cal[k]) for k in ("cam2img", "lidar2cam", "cam2ego"))
         centres = boxes[:, :3]
         uv_exact, d_exact = g.project_points(centres, g.invert_transform(lidar2cam), K)

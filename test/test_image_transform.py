@@ -24,9 +24,10 @@ def _smooth(rng, hw):
     return np.clip(base + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
 
 
-def _reference(img: np.ndarray, ida: np.ndarray, out_hw, cfg=ImageTransformConfig()) -> torch.Tensor:
+def _reference(img: np.ndarray, ida: np.ndarray, out_hw, cfg: ImageTransformConfig | None = None) -> torch.Tensor:
     """Independent float implementation: antialiased resize of the WHOLE image to the output scale, then bilinear
     sampling at ida^-1 of every output pixel; black beyond one pixel outside; normalise."""
+    cfg = cfg or ImageTransformConfig()
     H, W = img.shape[:2]
     h, w = out_hw
     x = torch.from_numpy(img).permute(2, 0, 1).float()[None]

@@ -179,7 +179,8 @@ def test_stereodistill_iou_gates_and_cld():
     assert stereodistill.iou3d(g, g) == pytest.approx(1.0)
     assert stereodistill.iou3d(g, [1.0, 0, 0, 4, 2, 1, 0]) == pytest.approx(0.6)
     sq = [0.0, 0.0, 0.0, 2.0, 2.0, 1.0, 0.0]
-    assert stereodistill.iou3d(sq, sq[:6] + [math.pi / 4]) == pytest.approx(8 * (math.sqrt(2) - 1) / (8 - 8 * (math.sqrt(2) - 1)), rel=1e-6)
+    octagon = 8 * (math.sqrt(2) - 1)  # overlap of a 2 x 2 square and itself turned by 45 degrees
+    assert stereodistill.iou3d(sq, sq[:6] + [math.pi / 4]) == pytest.approx(octagon / (8 - octagon), rel=1e-6)
     grid = BevGrid(x_min=0.0, y_min=0.0, cell=1.0, H=8, W=8)
     gt = torch.tensor([[0.5, 0.5, 0.0, math.log(4), math.log(2), 0.0, 0.0, 1.0, 1.0, 0.0]])
     te = gt.clone()

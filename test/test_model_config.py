@@ -71,7 +71,8 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("key,value,needles", BAD, ids=[f"{k}=<deleted>" if v is DELETE else f"{k}={v!r}"[:40] for k, v, _ in BAD])
+@pytest.mark.parametrize("key,value,needles", BAD,
+                         ids=[f"{k}=<deleted>" if v is DELETE else f"{k}={v!r}"[:40] for k, v, _ in BAD])
 def test_bad_config_names_key_and_fix(base, key, value, needles):
     with pytest.raises(ConfigError) as err:
         model_config_from_dict(edit(base, key, value), source="cfg.yaml")

@@ -53,7 +53,7 @@ def play(node, sets: list, rng: random.Random, orders: list) -> tuple[int, int]:
             orders.append(order)
             node.publish_set(s, cams=order)
             deadline = time.monotonic() + WAIT_S
-            done = lambda: answer_of(node, sample) or answer_of(node, s)  # noqa: E731
+            done = lambda sample=sample, s=s: answer_of(node, sample) or answer_of(node, s)  # noqa: E731
             while not done() and time.monotonic() < deadline:
                 assert node.proc.poll() is None, f"node exited:\n{node.output()}"
                 node.ex.spin_once(timeout_sec=0.02)

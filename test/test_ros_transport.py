@@ -133,7 +133,7 @@ def test_six_1600x900_rgb8_images_cross_processes_intact(rclpy_context, spawn):
             pub.publish(msg)
             ex.spin_once(timeout_sec=0.0)
         n = (s + 1) * len(cams)
-        assert spin_until(ex, lambda: len(replies) >= n, 30.0), f"only {len(replies)} of {n} images arrived"
+        assert spin_until(ex, lambda n=n: len(replies) >= n, 30.0), f"only {len(replies)} of {n} images arrived"
     for r in replies:
         assert (r["width"], r["height"], r["encoding"], r["step"]) == (1600, 900, "rgb8", 4800)
         assert r["sha256"] == expected[(r["frame_id"], r["sec"])], f"{r['frame_id']} arrived corrupted"

@@ -14,11 +14,11 @@ import torch
 
 from labeldistill_training.config import load_train_config, train_config_from_dict
 from labeldistill_training.trainer import (SCRATCH_R50_WARNING, Trainer, load_checkpoint, load_pretrained_backbone)
+from model_support import torchvision_resnet_keys
+from trainer_helpers import camera_collate, camera_factory, collate, fake_config, fake_factory
 
 TEST_DIR = Path(__file__).resolve().parent
 REPO = TEST_DIR.parent
-from model_support import torchvision_resnet_keys
-from trainer_helpers import camera_collate, camera_factory, collate, fake_config, fake_factory
 
 SMALL = str(REPO / "config/model/r18_128x352_cpu.yaml")
 

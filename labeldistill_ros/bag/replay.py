@@ -205,8 +205,9 @@ def run_live(bag: str | Path, checkpoint: str, device: str = "cpu", score_thresh
 
     Latency = receive time of a detection frame - publish time of the last image of its set (wall ms, includes
     DDS transport both ways). ``lockstep``: before any message after set k goes out, wait (up to
-    ``set_timeout_s``) until k outputs arrived, so no set is superseded and none sees later TF or calibration. ``record_path``: also write the node's
-    detections and markers to a new bag there (:class:`labeldistill_ros.bag.recorder.BagRecorder`).
+    ``set_timeout_s``) until k outputs arrived, so no set is superseded and none sees later TF or calibration.
+    ``record_path``: also write the node's detections and markers to a new bag there
+    (:class:`labeldistill_ros.bag.recorder.BagRecorder`).
     """
     import rclpy
     from rclpy.executors import SingleThreadedExecutor

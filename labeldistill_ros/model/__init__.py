@@ -21,7 +21,8 @@ from .image_transform import ImageTransform, ImageTransformConfig
 from .student import StudentDetector, StudentOutput
 
 __all__ = [
-    "CheckpointError", "ConfigError", "Detections", "ImageTransform", "ImageTransformConfig", "ModelConfig", "StudentDetector", "StudentOutput",
+    "CheckpointError", "ConfigError", "Detections", "ImageTransform", "ImageTransformConfig", "ModelConfig",
+    "StudentDetector", "StudentOutput",
     "circle_nms", "decode_code", "encode_boxes", "export_student", "load_checkpoint", "load_exported",
     "load_model_config", "model_config_from_dict", "model_config_to_dict",
     "read_checkpoint", "save_checkpoint", "unflatten_head_outputs",

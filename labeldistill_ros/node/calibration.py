@@ -146,7 +146,8 @@ class CalibrationCache:
                 ) -> SetCalibration:
         """Calibration of ``cameras`` (indices) whose images have ``frame_ids``, ``image_sizes`` (w, h) and
         ``stamps_ns``, compensated to the latest of those stamps through ``fixed_frame`` (module docstring; ""
-        disables compensation on purpose: static extrinsics, no ``uncompensated_reason``). ``lookup(target, source, stamp_ns, timeout_s) -> 4x4`` is the TF backend's;
+        disables compensation on purpose: static extrinsics, no ``uncompensated_reason``).
+        ``lookup(target, source, stamp_ns, timeout_s) -> 4x4`` is the TF backend's;
         ``exceptions`` are its errors: a failing fixed-frame lookup falls back to static extrinsics, a failing
         camera lookup propagates. Raises :class:`CalibrationError` (no/invalid CameraInfo, size mismatch, no
         frame id) or the TF backend's exception."""

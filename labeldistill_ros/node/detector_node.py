@@ -22,8 +22,8 @@ Topics (``~`` = the node's name, ``labeldistill_detector`` by default):
     out  ``~/output/detections`` (vision_msgs/Detection3DArray, frame target_frame, stamp = the set's reference
          stamp: its latest camera stamp; each camera is moved there through ``fixed_frame``, see
          :mod:`.calibration`),
-         ``~/output/markers`` (visualization_msgs/MarkerArray, built only while subscribed), ``~/output/label_info`` (vision_msgs/LabelInfo,
-         latched), ``/diagnostics`` (diagnostic_msgs/DiagnosticArray),
+         ``~/output/markers`` (visualization_msgs/MarkerArray, built only while subscribed),
+         ``~/output/label_info`` (vision_msgs/LabelInfo, latched), ``/diagnostics`` (diagnostic_msgs/DiagnosticArray),
          ``~/output/objects`` (autoware_perception_msgs/DetectedObjects, with ``publish_objects``: the velocity),
          ``~/debug/processing_time/{preprocess,inference,postprocess,total}_ms`` and
          ``~/debug/pipeline_latency_ms`` (std_msgs/Float64; latency = node clock now - reference stamp),
@@ -60,6 +60,7 @@ except ImportError:  # Humble
     _MESSAGE_INFO = False
 
 THROTTLE_S = 5.0
+GIL_SWITCH_S = 0.0005  # the interpreter's thread switch interval in the node process (see DetectorNode.__init__)
 
 
 def _qos(reliability: str, depth: int, transient_local: bool = False):
@@ -85,6 +86,12 @@ class DetectorNode(Node):
                 f"correct the name in the parameters file (a typo would silently leave the default in effect).")
         self.p = p = params.from_node(self)
         from ..inference import Detector
+
+        # Three threads share the interpreter: the executor (each image's raw take is a 4.3 MB copy holding the
+        # GIL), the staging thread and the inference thread, whose decoding is many short torch ops that each give
+        # the GIL up and must win it back. With Python's 5 ms switch interval, winning it back behind a burst of
+        # image callbacks took up to 5-9 ms per set (measured per stage); 0.5 ms bounds that wait.
+        sys.setswitchinterval(float(__import__("os").environ.get("LABELDISTILL_GIL_SWITCH_S", GIL_SWITCH_S)))
 
 
         if p.cpu_threads:
@@ -267,7 +274,7 @@ class DetectorNode(Node):
             self._free_ns = wall_ns()  # the inference thread is free for the next set
 
     def _run_set(self, cs: CameraSet, st: SetStage, t_pick: int) -> None:
-        p, log = self.p, self.get_logger()
+        p = self.p
         cams = cs.present
         try:
             st.finish(cams, self._stage_job)  # cameras + calibration: what the staging thread has not done yet

@@ -409,9 +409,10 @@ def diagnostic_level(window: Mapping[str, float], model_ready: bool, *, rates: M
     the rate window. ``cpu_fallback``: ``device: auto`` found no CUDA device.
 
     ERROR: no model, non-finite outputs, processing errors, or fewer than ``lag_error_ratio`` of the sets run
-    (:func:`run_ratio`). WARN: TF failures, bad inputs, dropped/partial sets, slow processing, uncompensated or history-less sets, images arriving but
-    nothing published, fewer than ``lag_warn_ratio`` of the sets run, missing cameras, the CPU fallback. A ratio
-    of 0 disables its check. The summary lists every problem of the period (errors first).
+    (:func:`run_ratio`). WARN: TF failures, bad inputs, dropped/partial sets, slow processing, uncompensated or
+    history-less sets, images arriving but nothing published, fewer than ``lag_warn_ratio`` of the sets run,
+    missing cameras, the CPU fallback. A ratio of 0 disables its check. The summary lists every problem of the
+    period (errors first).
     """
     g = lambda k: window.get(k, 0)  # noqa: E731
     if not model_ready:

@@ -184,7 +184,8 @@ class StageConfig:
     ``lr`` applies at ``base_batch_size`` total batch and is scaled linearly with the real total batch
     (``lr * batch_size * world_size / base_batch_size``; null = no scaling, ``lr`` as given). The trainer prints
     the effective lr and the batch it was scaled from at the start of each stage. Reference student: AdamW 4e-4
-    at 4 GPUs x batch 4 = 16, backbone x0.5 (``student.backbone_lr_mult``). ``grad_clip``: max grad norm (null = off). ``amp``: fp16 autocast on CUDA only.
+    at 4 GPUs x batch 4 = 16, backbone x0.5 (``student.backbone_lr_mult``). ``grad_clip``: max grad norm
+    (null = off). ``amp``: fp16 autocast on CUDA only.
     ``max_iters_per_epoch``: cap for tests and benchmarks (null = the whole split).
     ``init_checkpoint``: optional weights to start from; ``teacher_checkpoint`` / ``label_encoder_checkpoint``:
     the frozen inputs of later stages (default: the earlier stages' ``final.pt`` under ``trainer.work_dir``)."""

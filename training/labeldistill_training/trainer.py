@@ -618,7 +618,8 @@ class Trainer:
             sampler = torch.utils.data.SequentialSampler(ds)
         nw = self.cfg.loader.num_workers
         return torch.utils.data.DataLoader(ds, batch_size=self.cfg.loader.batch_size, sampler=sampler,
-                                           num_workers=nw, collate_fn=self.collate_fn, drop_last=train and len(ds) >= self.cfg.loader.batch_size,
+                                           num_workers=nw, collate_fn=self.collate_fn,
+                                           drop_last=train and len(ds) >= self.cfg.loader.batch_size,
                                            generator=g, persistent_workers=False,
                                            worker_init_fn=_worker_init if nw else None,
                                            pin_memory=self.device.type == "cuda")

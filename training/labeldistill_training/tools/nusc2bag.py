@@ -319,7 +319,7 @@ def _write(opt: Options, nusc, plan, out: Path, plugin, counts: dict) -> None:
             counts[topic] = counts.get(topic, 0) + 1
 
         bar = tqdm(total=sum(len(p[1]) for p in plan), desc="nusc2bag", unit="sample", disable=not opt.progress)
-        for scene, samples, static in plan:
+        for _scene, samples, static in plan:
             events: list[tuple[int, int, str, object]] = []  # (stamp_ns, order, kind, payload)
             seen_pose: set[int] = set()
             for s in samples:
