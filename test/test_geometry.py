@@ -313,3 +313,35 @@ def test_camera_vector_27_layout_numpy_and_torch():
     vt = g.camera_vector_27(*(torch.as_tensor(np.stack([m, m])) for m in (K, cam2ego, ida, bda)))
     assert vt.shape == (2, 27)
     np.testing.assert_allclose(vt[1].numpy(), v)
+
+
+def test_quaternions_and_slerp_agree_with_pyquaternion():
+    """Cross-check against an independent implementation (pyquaternion, which nuscenes-devkit uses): matrix <->
+    quaternion in both directions (up to the sign of q), yaw, and slerp at several fractions, on random rotations
+    including nearly equal and nearly opposite pairs."""
+    from pyquaternion import Quaternion
+
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        q = rng.normal(size=4)
+        q /= np.linalg.norm(q)
+        ref = Quaternion(q)  # [w, x, y, z]
+        np.testing.assert_allclose(g.quat_to_matrix(q), ref.rotation_matrix, atol=1e-12)
+        back = g.matrix_to_quat(ref.rotation_matrix)
+        np.testing.assert_allclose(back * np.sign(back @ q), q, atol=1e-9)
+        yaw = rng.uniform(-np.pi, np.pi)
+        np.testing.assert_allclose(g.yaw_to_quat(yaw), Quaternion(axis=[0, 0, 1], angle=yaw).elements, atol=1e-12)
+        assert abs(g.wrap_angle(g.quat_to_yaw(g.yaw_to_quat(yaw)) - yaw)) < 1e-12
+    for near in (False, True, "opposite"):
+        for _ in range(50):
+            q0 = rng.normal(size=4)
+            q0 /= np.linalg.norm(q0)
+            q1 = q0 + 1e-4 * rng.normal(size=4) if near is True else rng.normal(size=4)
+            if near == "opposite":
+                q1 = -q0 + 0.05 * rng.normal(size=4)  # the same rotation's other sign: the shorter arc is taken
+            q1 /= np.linalg.norm(q1)
+            for a in (0.0, 0.25, 0.5, 0.9, 1.0):
+                got = g.slerp_quat(q0, q1, a)
+                want = Quaternion.slerp(Quaternion(q0), Quaternion(q1), a).elements
+                # same rotation (q and -q are one rotation)
+                np.testing.assert_allclose(g.quat_to_matrix(got), g.quat_to_matrix(want), atol=1e-6)
