@@ -265,6 +265,10 @@ def measure(path: str, duration: float, threads: int, tmp: Path) -> dict:
         "output_hz": published / max(1e-9, duration), "boxes_per_set": float(np.mean(boxes)) if boxes else 0.0,
         "sets_sent": sent, "sets_complete": complete, "sets_published": published,
         "sets_incomplete": int(counters.get("incomplete_sets", 0)), "late_images": int(counters.get("late_images", 0)),
+        # staging work: jobs run by the staging thread (cameras + calibrations) vs skipped (already done, set
+        # dropped, no slot, or no longer wanted when they came up)
+        "staging_jobs_run": int(counters.get("staging_jobs_run", 0)),
+        "staging_jobs_skipped": int(counters.get("staging_jobs_skipped", 0)),
         "duration_s": duration, "rate_hz": RATE_HZ, "cameras": "6 x 1600x900 rgb8", "cpu_count": os.cpu_count(),
         "node_torch_threads": threads, "conversion_path": path,
         "cv_bridge": "stand-in (bench/vehicle_shim: Humble's two copies)" if path == "vehicle" else "none",

@@ -33,13 +33,17 @@ HEADLINES: dict[str, list[tuple[str, str, str]]] = {
     "model": [
         ("BEV pooling, cached vs naive cumsum (R50 256x704, 6 cameras)", "pool_speedup_vs_naive", "x"),
         ("BEV pooling, cached, p50", "view_transform_r50_256x704.cpu.cached_ms_p50", "ms"),
+        ("node backend compiled vs eager, r18 128x352 CPU 1 thread (torch.compile)", "compiled_speedup", "x"),
         ("student forward r18 128x352, CPU p50", "forward.r18_128x352_cpu.cpu.forward_ms_p50", "ms"),
         ("student forward r50 256x704, CPU p50", "forward.r50_256x704.cpu.forward_ms_p50", "ms"),
     ],
     "data": [("data pipeline, 6 x 1600x900 JPEG -> 256x704, no workers", "results.0.samples_per_s", "samples/s")],
     "node": [
-        ("node overhead (receive -> publish, minus model), p50", "overhead_ms_p50", "ms"),
+        ("node overhead (first image in -> detections out, minus forward and the waits for cameras and model), "
+         "p50", "overhead_ms_p50", "ms"),
         ("node overhead p99", "overhead_ms_p99", "ms"),
+        ("node overhead on the vehicle's cv_bridge path, p50", "overhead_ms_p50_vehicle_path", "ms"),
+        ("node overhead on the vehicle's cv_bridge path, p99", "overhead_ms_p99_vehicle_path", "ms"),
         ("model rate inside the node (r18 128x352, CPU, 1 thread)", "model_hz", "Hz"),
         ("camera sets lost in transport (6 x 1600x900 rgb8)", "dropped_sets", ""),
         ("resident memory growth over the run", "rss_growth_mb", "MB"),

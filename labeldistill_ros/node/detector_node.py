@@ -60,7 +60,7 @@ except ImportError:  # Humble
     _MESSAGE_INFO = False
 
 THROTTLE_S = 5.0
-GIL_SWITCH_S = 0.0005  # the interpreter's thread switch interval in the node process (see DetectorNode.__init__)
+GIL_SWITCH_S = 0.0002  # the interpreter's thread switch interval in the node process (see DetectorNode.__init__)
 
 
 def _qos(reliability: str, depth: int, transient_local: bool = False):
@@ -90,8 +90,9 @@ class DetectorNode(Node):
         # Three threads share the interpreter: the executor (each image's raw take is a 4.3 MB copy holding the
         # GIL), the staging thread and the inference thread, whose decoding is many short torch ops that each give
         # the GIL up and must win it back. With Python's 5 ms switch interval, winning it back behind a burst of
-        # image callbacks took up to 5-9 ms per set (measured per stage); 0.5 ms bounds that wait.
-        sys.setswitchinterval(float(__import__("os").environ.get("LABELDISTILL_GIL_SWITCH_S", GIL_SWITCH_S)))
+        # image callbacks cost up to 5-9 ms per set; bench_node, same load, alternating runs: overhead p50/p99
+        # 11.7/61 ms at 5 ms, 6.3-7.0/19-25 at 0.5 ms, 3.4-5.8/16-17 at 0.2 ms, 7.3/33 at 0.1 ms.
+        sys.setswitchinterval(GIL_SWITCH_S)
 
 
         if p.cpu_threads:
@@ -113,7 +114,9 @@ class DetectorNode(Node):
         self._bridge = optional_module("cv_bridge") is not None  # vehicle: cv_bridge converts the run sets
         self._lock = threading.Lock()  # guards the collector (executor thread: callbacks and the timer)
         self.policy = StagePolicy()
-        self.stager = Stager(self._stage_job)
+        self._current: SetStage | None = None  # the set the inference thread is on
+        self.stager = Stager(self._stage_job, still_wanted=lambda st: st is self._current or self.policy.stage_now(
+            time.monotonic()))
         self._calib_lock = threading.Lock()  # the calibration runs in the staging or the inference thread
         self.collector = SetCollector(p.num_cameras, p.sync_slop_s, p.sync_timeout_s, p.missing_camera_policy,
                                       p.min_cameras, new_ctx=self._new_stage, on_drop=SetStage.drop)
@@ -265,10 +268,12 @@ class DetectorNode(Node):
     def _process(self, cs: CameraSet) -> None:
         st: SetStage = cs.ctx
         t_pick = wall_ns()
+        self._current = st
         self.policy.started(time.monotonic())
         try:
             self._run_set(cs, st, t_pick)
         finally:
+            self._current = None
             st.drop()  # the input slot goes back, the raw images are let go
             self.policy.finished(time.monotonic())
             self._free_ns = wall_ns()  # the inference thread is free for the next set
@@ -491,7 +496,8 @@ class DetectorNode(Node):
     def counters(self) -> dict[str, int]:
         """All cumulative counters (synchroniser, worker, processing)."""
         c = dict(self.collector.counters.as_dict())
-        c.update(submitted=self.worker.submitted, superseded=self.worker.superseded, processed=self.worker.processed)
+        c.update(submitted=self.worker.submitted, superseded=self.worker.superseded, processed=self.worker.processed,
+                 staging_jobs_run=self.stager.staged, staging_jobs_skipped=self.stager.skipped)
         for k in ("published", "boxes", "nonfinite", "failures", "tf_failures", "input_errors",
                   "calibration_errors", "calibration_changes", "slow", "markers_published", "markers_unsubscribed",
                   "uncompensated_sets", "temporal_fallback_sets"):

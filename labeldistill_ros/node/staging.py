@@ -169,8 +169,12 @@ class StagePolicy:
 class Stager:
     """The staging thread: runs queued ``(stage, cam)`` jobs in arrival order (see the module docstring)."""
 
-    def __init__(self, stage_fn: Callable[[SetStage, int], None], name: str = "labeldistill-staging"):
+    def __init__(self, stage_fn: Callable[[SetStage, int], None], name: str = "labeldistill-staging",
+                 still_wanted: Callable[[SetStage], bool] | None = None):
+        """``still_wanted(stage)``: checked again when a queued job comes up (the model may have taken another set
+        since it was queued: then the job would only compete with that set's decoding and publishing)."""
         self._fn = stage_fn
+        self._wanted = still_wanted
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self.staged = 0
         self.skipped = 0
@@ -190,6 +194,9 @@ class Stager:
             if job is None:
                 return
             stage, cam = job
+            if self._wanted is not None and not self._wanted(stage):
+                self.skipped += 1
+                continue
             if stage.try_stage(cam, self._fn):
                 self.staged += 1
             else:
