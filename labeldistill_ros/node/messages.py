@@ -46,7 +46,31 @@ def _poses(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return boxes[:, :3], np.concatenate([q[:, 1:], q[:, :1]], axis=1)
 
 
-class DetectionArrayBuilder:
+class _PooledBuilder:
+    """What the pooled message builders share: one header, a pool of per-box messages grown to the box count,
+    and the boxes as plain lists (``_fill`` -> centres, quaternions [x, y, z, w], sizes (l, w, h), scores, names).
+    Subclasses set ``self._header`` and implement ``_new()`` (one per-box message)."""
+
+    _header = None
+    _pool: list
+
+    def _fill(self, det: "Detections", stamp_ns: int, frame_id: str) -> tuple[int, list, list, list, list, list]:
+        self._header.stamp = stamp_msg(stamp_ns)
+        self._header.frame_id = frame_id
+        boxes = np.asarray(det.boxes, dtype=np.float64)
+        n = len(boxes)
+        while len(self._pool) < n:
+            self._pool.append(self._new())
+        if not n:
+            return 0, [], [], [], [], []
+        centres, quats = _poses(boxes)
+        return n, centres.tolist(), quats.tolist(), boxes[:, 3:6].tolist(), det.scores.tolist(), det.names
+
+    def _new(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class DetectionArrayBuilder(_PooledBuilder):
     """Builds ``vision_msgs/Detection3DArray`` messages, reusing one pool of ``Detection3D`` objects.
 
     rclpy serialises a message inside ``publish()``, so the objects can be refilled for the next set once the
@@ -77,26 +101,17 @@ class DetectionArrayBuilder:
 
     def build(self, det: "Detections", stamp_ns: int, frame_id: str):
         """The array for ``det`` (boxes already in ``frame_id``); valid until the next call."""
-        self._header.stamp = stamp_msg(stamp_ns)
-        self._header.frame_id = frame_id
-        boxes = np.asarray(det.boxes, dtype=np.float64)
-        n = len(boxes)
-        while len(self._pool) < n:
-            self._pool.append(self._new())
-        if n:
-            centres, quats = _poses(boxes)
-            c, q, sz = centres.tolist(), quats.tolist(), boxes[:, 3:6].tolist()
-            scores, names = det.scores.tolist(), det.names
-            for i in range(n):
-                d = self._pool[i]
-                h = d.results[0].hypothesis
-                h.class_id, h.score = names[i], scores[i]
-                pose = d.bbox.center
-                p, o = pose.position, pose.orientation
-                p.x, p.y, p.z = c[i]
-                o.x, o.y, o.z, o.w = q[i]
-                s = d.bbox.size
-                s.x, s.y, s.z = sz[i]
+        n, c, q, sz, scores, names = self._fill(det, stamp_ns, frame_id)
+        for i in range(n):
+            d = self._pool[i]
+            h = d.results[0].hypothesis
+            h.class_id, h.score = names[i], scores[i]
+            pose = d.bbox.center
+            p, o = pose.position, pose.orientation
+            p.x, p.y, p.z = c[i]
+            o.x, o.y, o.z, o.w = q[i]
+            s = d.bbox.size
+            s.x, s.y, s.z = sz[i]
         self._array.detections = self._pool[:n]
         return self._array
 
@@ -277,7 +292,7 @@ def velocity_from_object_frame(yaw: np.ndarray, twist_xy: np.ndarray) -> np.ndar
     return np.stack([c * tx - s_ * ty, s_ * tx + c * ty], axis=1)
 
 
-class DetectedObjectsBuilder:
+class DetectedObjectsBuilder(_PooledBuilder):
     """Builds ``autoware_perception_msgs/DetectedObjects`` (pooled like :class:`DetectionArrayBuilder`).
 
     Per box: ``existence_probability`` = the score, one classification (:data:`AUTOWARE_LABELS`, probability 1.0,
@@ -311,32 +326,23 @@ class DetectedObjectsBuilder:
 
     def build(self, det: "Detections", stamp_ns: int, frame_id: str):
         """The message for ``det`` (boxes in ``frame_id``); valid until the next call."""
-        self._header.stamp = stamp_msg(stamp_ns)
-        self._header.frame_id = frame_id
-        boxes = np.asarray(det.boxes, dtype=np.float64)
-        n = len(boxes)
-        while len(self._pool) < n:
-            self._pool.append(self._new())
-        if n:
-            centres, quats = _poses(boxes)
-            c, q, sz = centres.tolist(), quats.tolist(), boxes[:, 3:6].tolist()
-            v = velocity_in_object_frame(boxes).tolist()
-            scores, names = det.scores.tolist(), det.names
-            for i in range(n):
-                o = self._pool[i]
-                name = names[i]
-                o.existence_probability = scores[i]
-                o.classification[0].label = self._labels.get(name, self._unknown)
-                k = o.kinematics
-                k.orientation_availability = self._orient.get(name, self._available)
-                pose = k.pose_with_covariance.pose
-                p, r = pose.position, pose.orientation
-                p.x, p.y, p.z = c[i]
-                r.x, r.y, r.z, r.w = q[i]
-                lin = k.twist_with_covariance.twist.linear
-                lin.x, lin.y = v[i]
-                d = o.shape.dimensions
-                d.x, d.y, d.z = sz[i]
+        n, c, q, sz, scores, names = self._fill(det, stamp_ns, frame_id)
+        v = velocity_in_object_frame(np.asarray(det.boxes, dtype=np.float64)).tolist() if n else []
+        for i in range(n):
+            o = self._pool[i]
+            name = names[i]
+            o.existence_probability = scores[i]
+            o.classification[0].label = self._labels.get(name, self._unknown)
+            k = o.kinematics
+            k.orientation_availability = self._orient.get(name, self._available)
+            pose = k.pose_with_covariance.pose
+            p, r = pose.position, pose.orientation
+            p.x, p.y, p.z = c[i]
+            r.x, r.y, r.z, r.w = q[i]
+            lin = k.twist_with_covariance.twist.linear
+            lin.x, lin.y = v[i]
+            d = o.shape.dimensions
+            d.x, d.y, d.z = sz[i]
         self._array.objects = self._pool[:n]
         return self._array
 
