@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .state_dict import state_dict_problems
+
 
 def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
@@ -136,19 +138,7 @@ class ResNet(nn.Module):
             raise ValueError(f"{source}: expected a torchvision ResNet state_dict (parameter name -> tensor), "
                              f"got {type(state_dict).__name__}")
         sd = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
-        own = self.state_dict()
-        missing = sorted(set(own) - set(sd))
-        unexpected = sorted(set(sd) - set(own))
-        shapes = [f"{k}: file {tuple(sd[k].shape)}, ResNet-{self.depth} {tuple(v.shape)}"
-                  for k, v in own.items() if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
-        problems = []
-        if missing:
-            problems.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''} ({len(missing)})")
-        if unexpected:
-            problems.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''} "
-                            f"({len(unexpected)})")
-        if shapes:
-            problems.append(f"shape mismatches {shapes[:5]}{' ...' if len(shapes) > 5 else ''} ({len(shapes)})")
+        problems = state_dict_problems(self.state_dict(), sd, "file", f"ResNet-{self.depth}", show=8)
         if problems:
             raise ValueError(f"{source} does not fit a torchvision ResNet-{self.depth} backbone (torchvision key "
                              f"names, e.g. 'conv1.weight', 'layer1.0.bn1.running_mean'; 'fc.*' ignored): "

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .config import ConfigError, ModelConfig, model_config_from_dict, model_config_to_dict
+from .state_dict import state_dict_problems
 from .student import StudentDetector
 
 FORMAT_VERSION = 1
@@ -124,18 +125,7 @@ def load_checkpoint(
 
 def load_state_dict_checked(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """``load_state_dict(strict=True)`` with an error that lists missing/unexpected keys and shape mismatches."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)}, model {tuple(v.shape)}"
-              for k, v in own.items() if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
-    problems = []
-    if missing:
-        problems.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''} ({len(missing)})")
-    if unexpected:
-        problems.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)})")
-    if shapes:
-        problems.append(f"shape mismatches: {'; '.join(shapes[:5])}{' ...' if len(shapes) > 5 else ''}")
+    problems = state_dict_problems(model.state_dict(), state_dict)
     if problems:
         raise CheckpointError(f"{source}: weights do not fit the model: " + " | ".join(problems))
     model.load_state_dict(state_dict, strict=True)
