@@ -82,7 +82,9 @@ def publisher(duration_s: float) -> None:
     from sensor_msgs.msg import CameraInfo, Image
     from tf2_msgs.msg import TFMessage
 
-    from node_support import camera_info_msg, image_msg, real_sample, tf_static_msg, transform_msg
+    from node_support import camera_info_msg, image_msg, real_sample, tf_static_msg
+
+    from labeldistill_ros.ros_convert import split_ns, transform_msg
 
     sample = real_sample(SAMPLE)
     rclpy.init()
@@ -119,7 +121,7 @@ def publisher(duration_s: float) -> None:
         odom.publish(TFMessage(transforms=poses))
         for i, m in enumerate(msgs):
             s = now_ns + OFFSETS_MS[i] * 1_000_000
-            m.header.stamp.sec, m.header.stamp.nanosec = divmod(s, 1_000_000_000)
+            m.header.stamp.sec, m.header.stamp.nanosec = split_ns(s)
             pubs[i].publish(m)
         sent += 1
         t_next += period
@@ -151,6 +153,8 @@ def measure(path: str, duration: float, threads: int, tmp: Path) -> dict:
 
     from node_support import make_checkpoint
 
+    from labeldistill_ros.ros_convert import stamp_to_ns
+
     ckpt = make_checkpoint(tmp / "student.pt", seed=0)
     import yaml
 
@@ -179,7 +183,7 @@ def measure(path: str, duration: float, threads: int, tmp: Path) -> dict:
 
     def on_det(msg):
         if recording["on"]:
-            stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            stamp = stamp_to_ns(msg.header.stamp)
             e2e.append((time.time_ns() - stamp) / 1e6)
             boxes.append(len(msg.detections))
     me.create_subscription(Detection3DArray, f"{base}/output/detections", on_det, rel)

@@ -19,6 +19,8 @@ import cv2
 import numpy as np
 import yaml
 
+from labeldistill_ros.ros_convert import stamp_msg, stamp_to_ns, transform_msg
+
 REPO = Path(__file__).resolve().parents[1]
 CAMS = ["CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT"]
 CPU_CONFIG = REPO / "config" / "model" / "r18_128x352_cpu.yaml"
@@ -107,12 +109,6 @@ def make_checkpoint(path: Path, seed: int = 0, poison_task: int | None = None) -
 
 
 # ---------------------------------------------------------------------------------------------------- messages
-def stamp(ns: int):
-    from builtin_interfaces.msg import Time
-
-    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
-
-
 def image_msg(rgb: np.ndarray, stamp_ns: int, frame: str, encoding: str = "rgb8"):
     """A ``sensor_msgs/Image`` (data assigned as an array.array: no per-byte conversion)."""
     import array
@@ -123,7 +119,7 @@ def image_msg(rgb: np.ndarray, stamp_ns: int, frame: str, encoding: str = "rgb8"
             "bgra8": np.dstack([rgb[..., ::-1], np.full(rgb.shape[:2], 255, np.uint8)])}[encoding]
     data = np.ascontiguousarray(data)
     msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding=encoding, step=data.strides[0])
-    msg.header.stamp, msg.header.frame_id = stamp(stamp_ns), frame
+    msg.header.stamp, msg.header.frame_id = stamp_msg(stamp_ns), frame
     buf = array.array("B")
     buf.frombytes(data.tobytes())
     msg.data = buf
@@ -135,7 +131,7 @@ def compressed_msg(rgb: np.ndarray, stamp_ns: int, frame: str, quality: int = 95
 
     ok, jpg = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
     msg = CompressedImage(format="jpeg", data=jpg.tobytes())
-    msg.header.stamp, msg.header.frame_id = stamp(stamp_ns), frame
+    msg.header.stamp, msg.header.frame_id = stamp_msg(stamp_ns), frame
     return msg
 
 
@@ -146,24 +142,8 @@ def camera_info_msg(K: np.ndarray, width: int, height: int, frame: str, stamp_ns
                      k=[float(v) for v in np.asarray(K).reshape(9)],
                      r=[1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0],
                      p=[float(v) for v in np.hstack([K, np.zeros((3, 1))]).reshape(12)])
-    msg.header.stamp, msg.header.frame_id = stamp(stamp_ns), frame
+    msg.header.stamp, msg.header.frame_id = stamp_msg(stamp_ns), frame
     return msg
-
-
-def transform_msg(parent: str, child: str, T: np.ndarray, stamp_ns: int = 0):
-    """``geometry_msgs/TransformStamped``: ``T (4, 4)`` maps ``child`` points into ``parent``, at ``stamp_ns``."""
-    from geometry_msgs.msg import TransformStamped
-
-    from labeldistill_ros.geometry import matrix_to_quat
-
-    t = TransformStamped()
-    t.header.frame_id, t.child_frame_id = parent, child
-    t.header.stamp = stamp(int(stamp_ns))
-    t.transform.translation.x, t.transform.translation.y, t.transform.translation.z = map(float, T[:3, 3])
-    w, x, y, z = matrix_to_quat(T[:3, :3])
-    t.transform.rotation.x, t.transform.rotation.y = float(x), float(y)
-    t.transform.rotation.z, t.transform.rotation.w = float(z), float(w)
-    return t
 
 
 def tf_static_msg(sample: CameraSample, parent: str = "base_link", frames: list[str] | None = None):
@@ -360,7 +340,7 @@ class NodeHarness:
 
     def detection_at(self, stamp_ns: int):
         for d in self.detections:
-            if d.header.stamp.sec * 1_000_000_000 + d.header.stamp.nanosec == stamp_ns:
+            if stamp_to_ns(d.header.stamp) == stamp_ns:
                 return d
         return None
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from labeldistill_ros.node.calibration import CalibrationCache, CalibrationError, intrinsics
-from node_support import transform_msg
+from labeldistill_ros.ros_convert import transform_msg
 
 pytestmark = pytest.mark.timeout(30)
 

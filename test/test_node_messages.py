@@ -6,6 +6,8 @@ import pytest
 
 from labeldistill_ros.geometry import CLASS_NAMES, pose_to_box
 from labeldistill_ros.inference import Detections
+from labeldistill_ros import ros_convert
+from labeldistill_ros.node import diagnostics as dg
 from labeldistill_ros.node import messages as m
 
 pytestmark = pytest.mark.timeout(30)
@@ -64,7 +66,7 @@ def test_markers_delete_all_first_then_cubes_and_labels_per_class():
     for i, c in enumerate(cubes):
         name = CLASS_NAMES[d.labels[i]]
         assert c.ns == name and c.header.frame_id == "base_link" and c.header.stamp.sec == 1532402927
-        r, g, b = m.CLASS_COLORS[name]
+        r, g, b = ros_convert.CLASS_COLORS[name]
         assert (round(c.color.r * 255), round(c.color.g * 255), round(c.color.b * 255)) == (r, g, b)
         assert (c.scale.x, c.scale.y, c.scale.z) == pytest.approx(tuple(d.boxes[i, 3:6]))
         assert c.lifetime.sec == 0 and c.lifetime.nanosec == 250_000_000
@@ -103,21 +105,21 @@ def test_label_info_maps_ids_to_class_names():
 
 
 @pytest.mark.parametrize("window,ready,level,text", [
-    ({}, True, m.OK, "waiting"),
-    ({"images": 60, "published": 10}, True, m.OK, "running"),
-    ({"images": 60, "published": 10}, False, m.ERROR, "model not loaded"),
-    ({"images": 60, "published": 10, "nonfinite": 3}, True, m.ERROR, "3 non-finite"),
-    ({"images": 60, "published": 10, "failures": 1, "tf_failures": 2}, True, m.ERROR, "failures; 2 TF lookups"),
-    ({"images": 60, "published": 0, "tf_failures": 2}, True, m.WARN, "2 TF lookups failed"),
-    ({"images": 60, "published": 9, "input_errors": 1}, True, m.WARN, "bad input"),
-    ({"images": 60, "published": 9, "dropped": 1}, True, m.WARN, "incomplete sets dropped"),
-    ({"images": 60, "published": 9, "partial": 1}, True, m.WARN, "without some cameras"),
-    ({"images": 60, "published": 0}, True, m.WARN, "no set was published"),
-    ({"images": 60, "published": 10, "uncompensated_sets": 10}, True, m.WARN, "10 sets without ego-motion"),
-    ({"images": 60, "published": 10, "temporal_fallback_sets": 1}, True, m.WARN, "previous frames had no history"),
+    ({}, True, dg.OK, "waiting"),
+    ({"images": 60, "published": 10}, True, dg.OK, "running"),
+    ({"images": 60, "published": 10}, False, dg.ERROR, "model not loaded"),
+    ({"images": 60, "published": 10, "nonfinite": 3}, True, dg.ERROR, "3 non-finite"),
+    ({"images": 60, "published": 10, "failures": 1, "tf_failures": 2}, True, dg.ERROR, "failures; 2 TF lookups"),
+    ({"images": 60, "published": 0, "tf_failures": 2}, True, dg.WARN, "2 TF lookups failed"),
+    ({"images": 60, "published": 9, "input_errors": 1}, True, dg.WARN, "bad input"),
+    ({"images": 60, "published": 9, "dropped": 1}, True, dg.WARN, "incomplete sets dropped"),
+    ({"images": 60, "published": 9, "partial": 1}, True, dg.WARN, "without some cameras"),
+    ({"images": 60, "published": 0}, True, dg.WARN, "no set was published"),
+    ({"images": 60, "published": 10, "uncompensated_sets": 10}, True, dg.WARN, "10 sets without ego-motion"),
+    ({"images": 60, "published": 10, "temporal_fallback_sets": 1}, True, dg.WARN, "previous frames had no history"),
 ])
 def test_diagnostic_levels(window, ready, level, text):
-    lv, msg = m.diagnostic_level(window, ready)
+    lv, msg = dg.diagnostic_level(window, ready)
     assert lv == level and text in msg
 
 
@@ -126,53 +128,53 @@ GOOD = {"images": 60, "published": 10}
 
 @pytest.mark.parametrize("rates,level,text", [
     # 12 Hz camera sets over a 5 s window; the model runs some of them, the others are superseded
-    ({"sets": 60, "superseded": 0, "published": 60, "span_s": 5.0}, m.OK, "running"),
-    ({"sets": 60, "superseded": 11, "published": 49, "span_s": 5.0}, m.OK, "running"),  # 82 %: keeps up
-    ({"sets": 60, "superseded": 13, "published": 47, "span_s": 5.0}, m.WARN,
+    ({"sets": 60, "superseded": 0, "published": 60, "span_s": 5.0}, dg.OK, "running"),
+    ({"sets": 60, "superseded": 11, "published": 49, "span_s": 5.0}, dg.OK, "running"),  # 82 %: keeps up
+    ({"sets": 60, "superseded": 13, "published": 47, "span_s": 5.0}, dg.WARN,
      "inference lags the cameras: 78% of 60 sets run over 5.0 s (13 superseded by newer sets; output 9.4 Hz, "
      "camera sets 12.0 Hz)"),
-    ({"sets": 60, "superseded": 40, "published": 20, "span_s": 5.0}, m.WARN, "33% of 60 sets run"),  # dominate
-    ({"sets": 60, "superseded": 50, "published": 10, "span_s": 5.0}, m.ERROR, "17% of 60 sets run"),  # CPU 2 Hz
-    ({"sets": 4, "superseded": 4, "published": 0, "span_s": 5.0}, m.OK, "running"),  # too few sets to judge
-    ({"sets": 60, "superseded": 50, "published": 0, "span_s": 5.0, "tf": True}, m.ERROR, "2 TF lookups failed"),
+    ({"sets": 60, "superseded": 40, "published": 20, "span_s": 5.0}, dg.WARN, "33% of 60 sets run"),  # dominate
+    ({"sets": 60, "superseded": 50, "published": 10, "span_s": 5.0}, dg.ERROR, "17% of 60 sets run"),  # CPU 2 Hz
+    ({"sets": 4, "superseded": 4, "published": 0, "span_s": 5.0}, dg.OK, "running"),  # too few sets to judge
+    ({"sets": 60, "superseded": 50, "published": 0, "span_s": 5.0, "tf": True}, dg.ERROR, "2 TF lookups failed"),
 ])
 def test_diagnostic_level_compares_the_sets_run_with_the_camera_sets(rates, level, text):
     window = dict(GOOD, tf_failures=2) if rates.pop("tf", False) else GOOD
-    lv, msg = m.diagnostic_level(window, True, rates=rates)
+    lv, msg = dg.diagnostic_level(window, True, rates=rates)
     assert lv == level and text in msg, msg
-    if level == m.OK:
+    if level == dg.OK:
         assert "lags" not in msg
 
 
 def test_lag_thresholds_are_parameters_and_zero_disables_them():
     rates = {"sets": 60, "superseded": 50, "published": 10, "span_s": 5.0}
-    assert m.run_ratio(rates) == pytest.approx(10 / 60) and m.run_ratio({"sets": 4, "superseded": 0}) is None
-    assert m.diagnostic_level(GOOD, True, rates=rates, lag_warn_ratio=0.5, lag_error_ratio=0.1)[0] == m.WARN
-    assert m.diagnostic_level(GOOD, True, rates=rates, lag_warn_ratio=0.0, lag_error_ratio=0.0) == (m.OK, "running")
+    assert dg.run_ratio(rates) == pytest.approx(10 / 60) and dg.run_ratio({"sets": 4, "superseded": 0}) is None
+    assert dg.diagnostic_level(GOOD, True, rates=rates, lag_warn_ratio=0.5, lag_error_ratio=0.1)[0] == dg.WARN
+    assert dg.diagnostic_level(GOOD, True, rates=rates, lag_warn_ratio=0.0, lag_error_ratio=0.0) == (dg.OK, "running")
 
 
 def test_missing_cameras_and_the_cpu_fallback_warn_and_are_named():
     rates = {"sets": 20, "superseded": 0, "published": 20, "span_s": 5.0}
-    lv, msg = m.diagnostic_level(dict(GOOD, partial=3), True, rates=rates, missing_cameras={"CAM_BACK_RIGHT": 20})
-    assert lv == m.WARN
+    lv, msg = dg.diagnostic_level(dict(GOOD, partial=3), True, rates=rates, missing_cameras={"CAM_BACK_RIGHT": 20})
+    assert lv == dg.WARN
     assert msg == ("3 sets run without some cameras; cameras missing from sets in the last 5.0 s (sets): "
                    "CAM_BACK_RIGHT (20)")
     # a window without a set (diagnostics faster than the cameras) still names the camera missing in the window
-    lv, msg = m.diagnostic_level({"images": 0}, True, rates=rates, missing_cameras={"CAM_BACK": 2, "CAM_FRONT": 1})
-    assert lv == m.WARN and "CAM_BACK (2), CAM_FRONT (1)" in msg
-    lv, msg = m.diagnostic_level(GOOD, True, rates=rates, cpu_fallback=True)
-    assert (lv, msg) == (m.WARN, "device auto found no CUDA device: running on the CPU")
-    lv, msg = m.diagnostic_level(dict(GOOD, nonfinite=1), True, cpu_fallback=True)
-    assert lv == m.ERROR and msg.startswith("1 non-finite") and msg.endswith("running on the CPU")
-    assert m.diagnostic_level({}, True, cpu_fallback=True)[0] == m.WARN  # also while waiting for images
+    lv, msg = dg.diagnostic_level({"images": 0}, True, rates=rates, missing_cameras={"CAM_BACK": 2, "CAM_FRONT": 1})
+    assert lv == dg.WARN and "CAM_BACK (2), CAM_FRONT (1)" in msg
+    lv, msg = dg.diagnostic_level(GOOD, True, rates=rates, cpu_fallback=True)
+    assert (lv, msg) == (dg.WARN, "device auto found no CUDA device: running on the CPU")
+    lv, msg = dg.diagnostic_level(dict(GOOD, nonfinite=1), True, cpu_fallback=True)
+    assert lv == dg.ERROR and msg.startswith("1 non-finite") and msg.endswith("running on the CPU")
+    assert dg.diagnostic_level({}, True, cpu_fallback=True)[0] == dg.WARN  # also while waiting for images
 
 
 def test_diagnostic_array_carries_values_as_strings():
     from builtin_interfaces.msg import Time
 
-    arr = m.diagnostic_array("det: pipeline", "/ns/det", m.WARN, "x", {"rate_hz": 11.9999, "drops": 3}, Time(sec=5))
+    arr = dg.diagnostic_array("det: pipeline", "/ns/det", dg.WARN, "x", {"rate_hz": 11.9999, "drops": 3}, Time(sec=5))
     st = arr.status[0]
-    assert st.level == m.WARN and st.hardware_id == "/ns/det" and arr.header.stamp.sec == 5
+    assert st.level == dg.WARN and st.hardware_id == "/ns/det" and arr.header.stamp.sec == 5
     assert [(kv.key, kv.value) for kv in st.values] == [("rate_hz", "12.000"), ("drops", "3")]
 
 
@@ -210,7 +212,7 @@ def test_detected_objects_carry_the_velocity_in_the_object_frame():
         twist.append([lin.x, lin.y])
         heading = np.array([np.cos(d.boxes[i, 6]), np.sin(d.boxes[i, 6])])
         assert lin.x == pytest.approx(float(heading @ d.boxes[i, 7:9]))  # forward speed along the heading
-    np.testing.assert_allclose(m.velocity_from_object_frame(d.boxes[:, 6], np.array(twist)), d.boxes[:, 7:9],
+    np.testing.assert_allclose(ros_convert.velocity_from_object_frame(d.boxes[:, 6], np.array(twist)), d.boxes[:, 7:9],
                                atol=1e-12)
     assert len(b.build(dets(3), STAMP, "base_link").objects) == 3
 

@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from node_support import CAMS, CPU_CONFIG, NodeHarness, camera_info_msg, real_sample, tf_static_msg, transform_msg
+from node_support import CAMS, CPU_CONFIG, NodeHarness, camera_info_msg, real_sample, tf_static_msg
+
+from labeldistill_ros.ros_convert import transform_msg
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.usefixtures("one_torch_thread")]
 STEPS = 50

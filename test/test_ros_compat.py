@@ -15,7 +15,8 @@ import pytest
 
 from labeldistill_ros.geometry import make_transform, yaw_to_quat
 from labeldistill_ros.node import ros_compat as rc
-from node_support import transform_msg
+from labeldistill_ros.ros_convert import NS_PER_S as S
+from labeldistill_ros.ros_convert import transform_msg, transform_to_matrix
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -24,8 +25,6 @@ pytestmark = pytest.mark.timeout(60)
 def rot_z(yaw, t=(0, 0, 0)):
     return make_transform(yaw_to_quat(yaw), t)
 
-
-S = 1_000_000_000
 
 
 @pytest.fixture
@@ -146,7 +145,7 @@ def test_static_chain_lookup_both_directions_at_any_time():
     np.testing.assert_allclose(T_inv, np.linalg.inv(T_base_mount @ T_mount_cam), atol=1e-12)
     msg = buf.lookup_transform("base_link", "cam", None)
     assert (msg.header.frame_id, msg.child_frame_id) == ("base_link", "cam")
-    np.testing.assert_allclose(rc.transform_to_matrix(msg), T, atol=1e-12)
+    np.testing.assert_allclose(transform_to_matrix(msg), T, atol=1e-12)
     # sibling frames through their common parent
     buf.set_transform_static(transform_msg("base_link", "lidar", rot_z(-1.0, (0.9, 0, 1.8))))
     T_cl, _ = buf.lookup_matrix("lidar", "cam", 0)

@@ -40,7 +40,7 @@ from collections import Counter, deque
 
 import numpy as np
 
-from . import messages, params, raw_image
+from . import diagnostics, messages, params, raw_image
 from .calibration import CalibrationCache, CalibrationError
 from .ros_compat import ImageError, TfBackend, backends, compressed_to_rgb, image_to_rgb, optional_module
 from .staging import SetStage, Stager, StagePolicy, wall_ns
@@ -529,10 +529,10 @@ class DetectorNode(Node):
         self._window_base, self._diag_t = Counter(cum), now
         rates, missing = self._rate_window(now, cum)
         p = self.p
-        level, summary = messages.diagnostic_level(
+        level, summary = diagnostics.diagnostic_level(
             window, self.detector is not None, rates=rates, lag_warn_ratio=p.lag_warn_ratio,
             lag_error_ratio=p.lag_error_ratio, cpu_fallback=self.cpu_fallback, missing_cameras=missing)
-        ratio = messages.run_ratio(rates)
+        ratio = diagnostics.run_ratio(rates)
         span = rates["span_s"]
         values = {"rate_hz": window["published"] / period, "images_per_s": window["images"] / period,
                   "output_rate_hz": rates["published"] / span, "input_set_rate_hz": rates["sets"] / span,
@@ -549,7 +549,7 @@ class DetectorNode(Node):
                                                                     self.collector.counters.missing_by_camera.items()}}
         values.update({f"last_{k}_ms": v for k, v in self.last_timing.items()})
         values.update(cum)
-        self.pub_diag.publish(messages.diagnostic_array(
+        self.pub_diag.publish(diagnostics.diagnostic_array(
             f"{self.get_name()}: pipeline", self.get_fully_qualified_name(), level, summary, values,
             self.get_clock().now().to_msg()))
 

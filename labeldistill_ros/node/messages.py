@@ -1,6 +1,7 @@
 """Detections -> ROS messages: ``vision_msgs/Detection3DArray``, optionally
-``autoware_perception_msgs/DetectedObjects`` (which carries the velocity), RViz ``MarkerArray``, latched
-``LabelInfo`` and ``diagnostic_msgs/DiagnosticArray``.
+``autoware_perception_msgs/DetectedObjects`` (which carries the velocity), RViz ``MarkerArray`` and latched
+``LabelInfo`` (stamps, the twist and the class colours through :mod:`labeldistill_ros.ros_convert`; the
+``/diagnostics`` message is in :mod:`.diagnostics`).
 
 Conventions (``docs/node.md``, ``geometry.py``): boxes are in ``frame_id`` (the node's ``target_frame``, x forward,
 y left, z up, metres); ``header.stamp`` is the source camera set's stamp, never ``now()``; ``bbox.center`` is the
@@ -11,33 +12,15 @@ geometric centre with the heading as a yaw quaternion; ``bbox.size`` = (l, w, h)
 from __future__ import annotations
 
 import statistics
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
 from ..geometry import yaw_to_quat
+from ..ros_convert import class_rgb, split_ns, stamp_msg, velocity_in_object_frame
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..inference import Detections
-
-# nuScenes devkit colours (RGB 0-255) per detection class; unknown names get grey.
-CLASS_COLORS: dict[str, tuple[int, int, int]] = {
-    "car": (255, 158, 0), "truck": (255, 99, 71), "construction_vehicle": (233, 150, 70),
-    "bus": (255, 69, 0), "trailer": (255, 140, 0), "barrier": (112, 128, 144), "motorcycle": (255, 61, 99),
-    "bicycle": (220, 20, 60), "pedestrian": (0, 0, 230), "traffic_cone": (47, 79, 79),
-}
-_GREY = (160, 160, 160)
-
-# diagnostic_msgs/DiagnosticStatus levels
-OK, WARN, ERROR, STALE = b"\x00", b"\x01", b"\x02", b"\x03"
-
-
-def stamp_msg(stamp_ns: int):
-    """``builtin_interfaces/Time`` from integer nanoseconds."""
-    from builtin_interfaces.msg import Time
-
-    sec, nsec = divmod(int(stamp_ns), 1_000_000_000)
-    return Time(sec=sec, nanosec=nsec)
 
 
 def _poses(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -154,8 +137,7 @@ class DetectionArrayWriter:
         return hit
 
     def serialize(self, det: "Detections", stamp_ns: int, frame_id: str) -> bytes:
-        sec, nsec = divmod(int(stamp_ns), 1_000_000_000)
-        stamp = self._stamp.pack(sec, nsec)
+        stamp = self._stamp.pack(*split_ns(stamp_ns))
         frame = self._string(frame_id)
         head = stamp + frame  # 4-aligned at every detection start (ints and strings only)
         boxes = np.asarray(det.boxes, dtype=np.float64)
@@ -197,9 +179,8 @@ class MarkerArrayBuilder:
         self.lifetime_s = 0.0
         self.set_lifetime(lifetime_s)
         self.text = text
-        self._colors = {name: ColorRGBA(r=r / 255.0, g=g / 255.0, b=b / 255.0, a=alpha)
-                        for name, (r, g, b) in CLASS_COLORS.items()}
-        self._grey = ColorRGBA(r=_GREY[0] / 255.0, g=_GREY[1] / 255.0, b=_GREY[2] / 255.0, a=alpha)
+        self._alpha = alpha
+        self._colors: dict[str, object] = {}  # class name -> ColorRGBA (ros_convert.class_rgb), made on first use
         self._white = ColorRGBA(r=1.0, g=1.0, b=1.0, a=0.9)
         self._delete_all = Marker(header=self._header, action=Marker.DELETEALL)
         self._array = MarkerArray()
@@ -208,9 +189,16 @@ class MarkerArrayBuilder:
 
     def set_lifetime(self, lifetime_s: float) -> None:
         """The lifetime of the markers of the next arrays, s (0 = forever)."""
-        sec, nsec = divmod(int(round(max(0.0, lifetime_s) * 1e9)), 1_000_000_000)
+        sec, nsec = split_ns(round(max(0.0, lifetime_s) * 1e9))
         self._life.sec, self._life.nanosec = sec, nsec
         self.lifetime_s = sec + nsec / 1e9
+
+    def _color(self, name: str):
+        from std_msgs.msg import ColorRGBA
+
+        r, g, b = class_rgb(name)
+        c = self._colors[name] = ColorRGBA(r=r, g=g, b=b, a=self._alpha)
+        return c
 
     def _marker(self, kind: int):
         from visualization_msgs.msg import Marker
@@ -250,7 +238,7 @@ class MarkerArrayBuilder:
                 p.x, p.y, p.z = c[i]
                 o.x, o.y, o.z, o.w = q[i]
                 m.scale.x, m.scale.y, m.scale.z = sz[i]
-                m.color = self._colors.get(name, self._grey)
+                m.color = self._colors.get(name) or self._color(name)
                 markers.append(m)
                 if self.text:
                     t = self._labels[i]
@@ -275,21 +263,6 @@ AUTOWARE_LABELS: dict[str, str] = {
 # DetectedObjectKinematics.orientation_availability per class, as nuScenes scores the heading: not at all for
 # traffic cones (round), up to a half turn for barriers, fully for everything else (the model predicts sin and cos).
 ORIENTATION: dict[str, str] = {"traffic_cone": "UNAVAILABLE", "barrier": "SIGN_UNKNOWN"}
-
-
-def velocity_in_object_frame(boxes: np.ndarray) -> np.ndarray:
-    """``(N, 2)`` velocity of boxes ``(N, 9)`` (``vx, vy`` in the boxes' frame, m/s) in each object's own frame
-    (x along its heading ``yaw``, y to its left): Autoware's convention for ``twist_with_covariance``."""
-    c, s_ = np.cos(boxes[:, 6]), np.sin(boxes[:, 6])
-    vx, vy = boxes[:, 7], boxes[:, 8]
-    return np.stack([c * vx + s_ * vy, -s_ * vx + c * vy], axis=1)
-
-
-def velocity_from_object_frame(yaw: np.ndarray, twist_xy: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`velocity_in_object_frame`: ``(N, 2)`` twist in the object frame -> ``vx, vy``."""
-    c, s_ = np.cos(yaw), np.sin(yaw)
-    tx, ty = twist_xy[:, 0], twist_xy[:, 1]
-    return np.stack([c * tx - s_ * ty, s_ * tx + c * ty], axis=1)
 
 
 class DetectedObjectsBuilder(_PooledBuilder):
@@ -385,95 +358,3 @@ def label_info(class_names: Iterable[str], threshold: float, stamp_ns: int = 0, 
     return LabelInfo(header=Header(stamp=stamp_msg(stamp_ns), frame_id=frame_id),
                      class_map=[VisionClass(class_id=i, class_name=n) for i, n in enumerate(class_names)],
                      threshold=float(threshold))
-
-
-MIN_LAG_SETS = 5  # fewer camera sets in the rate window: too few to judge the lag
-
-
-def run_ratio(rates: Mapping[str, float]) -> float | None:
-    """Share of the camera sets handed to inference over the rate window that were run, i.e. not superseded by a
-    newer set while the model was busy (``rates``: ``sets``, ``superseded``); None below :data:`MIN_LAG_SETS`."""
-    sets = rates.get("sets", 0)
-    if sets < MIN_LAG_SETS:
-        return None
-    return max(0.0, sets - rates.get("superseded", 0)) / sets
-
-
-def diagnostic_level(window: Mapping[str, float], model_ready: bool, *, rates: Mapping[str, float] | None = None,
-                     lag_warn_ratio: float = 0.8, lag_error_ratio: float = 0.25, cpu_fallback: bool = False,
-                     missing_cameras: Mapping[str, int] | None = None) -> tuple[bytes, str]:
-    """Level and one-line summary of one diagnostics period.
-
-    ``window`` holds counts since the previous report: ``nonfinite`` (boxes with NaN/inf dropped),
-    ``failures`` (processing errors), ``tf_failures``, ``input_errors``, ``dropped`` (incomplete sets),
-    ``partial`` (sets run without some cameras), ``late``, ``slow`` (sets above max_processing_time_ms),
-    ``uncompensated_sets`` (cameras not moved to the reference stamp: no ``fixed_frame`` on TF),
-    ``temporal_fallback_sets`` (a temporal model's previous frames without history),
-    ``published`` and ``images``. ``rates`` holds counts over the longer rate window (``rate_window_s``):
-    ``sets`` (camera sets handed to inference), ``superseded`` (of those, replaced by a newer set before the model
-    took them), ``published`` and ``span_s``. ``missing_cameras``: camera name -> sets it was missing from over
-    the rate window. ``cpu_fallback``: ``device: auto`` found no CUDA device.
-
-    ERROR: no model, non-finite outputs, processing errors, or fewer than ``lag_error_ratio`` of the sets run
-    (:func:`run_ratio`). WARN: TF failures, bad inputs, dropped/partial sets, slow processing, uncompensated or
-    history-less sets, images arriving but nothing published, fewer than ``lag_warn_ratio`` of the sets run,
-    missing cameras, the CPU fallback. A ratio of 0 disables its check. The summary lists every problem of the
-    period (errors first).
-    """
-    g = lambda k: window.get(k, 0)  # noqa: E731
-    if not model_ready:
-        return ERROR, "model not loaded"
-    errors = []
-    if g("nonfinite"):
-        errors.append(f"{g('nonfinite'):.0f} non-finite model outputs dropped")
-    if g("failures"):
-        errors.append(f"{g('failures'):.0f} processing failures")
-    warns = []
-    for key, text in (("tf_failures", "TF lookups failed"), ("input_errors", "bad input messages"),
-                      ("calibration_errors", "bad CameraInfo"), ("dropped", "incomplete sets dropped"),
-                      ("partial", "sets run without some cameras"), ("slow", "sets over max_processing_time_ms"),
-                      ("uncompensated_sets", "sets without ego-motion compensation (fixed_frame not on TF: static "
-                                             "extrinsics)"),
-                      ("temporal_fallback_sets", "sets whose previous frames had no history (current frame used)")):
-        if g(key):
-            warns.append(f"{g(key):.0f} {text}")
-    if g("images") and not g("published") and not warns and not errors:
-        warns.append("images arrive but no set was published")
-    ratio = run_ratio(rates or {})
-    if ratio is not None and (ratio < lag_error_ratio or ratio < lag_warn_ratio):
-        r = rates
-        span = max(1e-3, r.get("span_s", 0.0))
-        text = (f"inference lags the cameras: {ratio:.0%} of {r['sets']:.0f} sets run over {span:.1f} s "
-                f"({r.get('superseded', 0):.0f} superseded by newer sets; output {r.get('published', 0) / span:.1f} "
-                f"Hz, camera sets {r['sets'] / span:.1f} Hz)")
-        (errors if ratio < lag_error_ratio else warns).append(text)
-    if missing_cameras:
-        span = (rates or {}).get("span_s", 0.0)
-        names = ", ".join(f"{name} ({n:.0f})" for name, n in missing_cameras.items())
-        warns.append(f"cameras missing from sets in the last {span:.1f} s (sets): {names}")
-    if cpu_fallback:
-        warns.append("device auto found no CUDA device: running on the CPU")
-    if errors:
-        return ERROR, "; ".join(errors + warns)
-    if warns:
-        return WARN, "; ".join(warns)
-    if not g("images"):
-        return OK, "waiting for images"
-    return OK, "running"
-
-
-def diagnostic_array(name: str, hardware_id: str, level: bytes, message: str, values: Mapping[str, object],
-                     stamp):
-    """``diagnostic_msgs/DiagnosticArray`` with one status; ``values`` become key/value strings."""
-    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-    from std_msgs.msg import Header
-
-    status = DiagnosticStatus(level=level, name=name, message=message, hardware_id=hardware_id,
-                              values=[KeyValue(key=str(k), value=_fmt(v)) for k, v in values.items()])
-    return DiagnosticArray(header=Header(stamp=stamp), status=[status])
-
-
-def _fmt(v: object) -> str:
-    if isinstance(v, float):
-        return f"{v:.3f}"
-    return str(v)

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..ros_convert import NS_PER_S, stamp_to_ns
+
 _U32 = struct.Struct("<I")
 _STAMP = struct.Struct("<iI")
 CDR_LE = b"\x00\x01"
@@ -112,19 +114,20 @@ def parse(raw: bytes, compressed: bool) -> RawImage | None:
         return None
     r = _Reader(raw)
     sec, nsec = _STAMP.unpack_from(raw, 4)
+    stamp_ns = sec * NS_PER_S + nsec
     r.pos = 12
     frame_id = r.string()
     if compressed:
         fmt = r.string()
         off, n = r.octets()
-        return RawImage(raw, True, sec * 1_000_000_000 + nsec, frame_id,
+        return RawImage(raw, True, stamp_ns, frame_id,
                         np.frombuffer(raw, dtype=np.uint8, count=n, offset=off), format=fmt)
     height, width = r.u32(), r.u32()
     encoding = r.string()
     big = r.u8()
     step = r.u32()
     off, n = r.octets()
-    return RawImage(raw, False, sec * 1_000_000_000 + nsec, frame_id,
+    return RawImage(raw, False, stamp_ns, frame_id,
                     np.frombuffer(raw, dtype=np.uint8, count=n, offset=off), height, width, encoding, big, step)
 
 
@@ -137,7 +140,7 @@ def from_message(raw: bytes, compressed: bool) -> RawImage:
         msg = deserialize_message(raw, CompressedImage if compressed else Image)
     except Exception as exc:  # noqa: BLE001 - rclpy raises a bare RuntimeError
         raise RawImageError(f"cannot deserialise: {exc}") from exc
-    stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+    stamp = stamp_to_ns(msg.header.stamp)
     data = np.frombuffer(msg.data, dtype=np.uint8)
     if compressed:
         return RawImage(raw, True, stamp, msg.header.frame_id, data, format=msg.format)
