@@ -36,11 +36,14 @@ NS_PER_S = 1_000_000_000
 
 def msg_type(name: str, types: Mapping[str, Any] | None = None):
     """The message class ``name`` (``'pkg/msg/Type'``): from ``types`` (a rosbags typestore's ``types``) or, for
-    ``None``, the rclpy class (``pkg.msg.Type``)."""
+    ``None``, the rclpy class ``pkg.msg.Type`` (an ``ImportError`` naming the package when it is not installed)."""
     if types is not None:
         return types[name]
     pkg, _, cls = name.split("/")
-    return getattr(importlib.import_module(f"{pkg}.msg"), cls)
+    try:
+        return getattr(importlib.import_module(f"{pkg}.msg"), cls)
+    except (ImportError, AttributeError) as exc:
+        raise ImportError(f"message type {name} is not installed for rclpy ({exc}); install {pkg}") from exc
 
 
 # --------------------------------------------------------------------------------------------------------------

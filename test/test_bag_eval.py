@@ -66,7 +66,7 @@ def test_detections_go_to_the_global_frame_with_the_recorded_tf(bag, nusc_datase
 
 
 def test_stamp_matching_tolerance():
-    from labeldistill_ros.bag.reader import BoxFrame
+    from labeldistill_ros.bag.detections import BoxFrame
     from labeldistill_training.tools.bag_eval import match_frames
 
     def f(t):

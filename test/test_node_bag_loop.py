@@ -11,10 +11,11 @@ from dataclasses import replace
 import pytest
 
 from node_support import RESEND_SHIFT_NS, NodeHarness, diag_values, make_checkpoint, synthetic_sample
+from labeldistill_ros.ros_convert import NS_PER_S, stamp_to_ns
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.timeout(240),
               pytest.mark.xdist_group("node_bag_loop")]
-S = 1_000_000_000
+S = NS_PER_S  # ns per second
 MS = 1_000_000
 PERIOD = S // 2  # 2 Hz
 SETS = 10  # per epoch
@@ -35,7 +36,7 @@ def answer_of(node, sample):
     """The Detection3DArray of ``sample`` (its stamp is one of the set's camera stamps)."""
     lo, hi = min(sample.stamps_ns), max(sample.stamps_ns)
     for d in node.detections:
-        t = d.header.stamp.sec * S + d.header.stamp.nanosec
+        t = stamp_to_ns(d.header.stamp)
         if lo <= t <= hi:
             return d
     return None

@@ -9,6 +9,7 @@ import pytest
 
 from labeldistill_ros.inference import Detector
 from labeldistill_ros.node.ros_compat import compressed_to_rgb
+from labeldistill_ros.ros_convert import NS_PER_S
 from node_support import (CAMS, RESEND_SHIFT_NS, NodeHarness, compressed_msg, diag_values, make_checkpoint,
                           synthetic_sample, tf_roundtrip)
 from test_node_ros import assert_parity, boxes_of
@@ -17,7 +18,7 @@ from test_node_ros import assert_parity, boxes_of
 # One node per module (per xdist worker that runs tests of it: each test is self-contained).
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.timeout(240),
               pytest.mark.xdist_group("node_policies")]
-S = 1_000_000_000
+S = NS_PER_S  # ns per second
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import pytest
 from labeldistill_ros.geometry import pose_to_box
 from labeldistill_ros.inference import Detector
 from node_support import NodeHarness, diag_values, make_checkpoint, real_sample, synthetic_sample, tf_roundtrip
+from labeldistill_ros.ros_convert import stamp_to_ns
 
 
 # One node process per module; under `pytest -n` each worker that gets tests of this module starts its own, so
@@ -78,7 +79,7 @@ def test_real_keyframe_gives_detections_with_the_set_stamp_and_parity(node, offl
     node.use_calibration(real)
     arr = node.request(real, 120)
     assert arr.header.frame_id == "base_link"
-    stamp = arr.header.stamp.sec * 1_000_000_000 + arr.header.stamp.nanosec
+    stamp = stamp_to_ns(arr.header.stamp)
     sent = node.last_sample
     assert stamp == max(sent.stamps_ns) == sent.reference_stamp_ns  # the latest camera: never now()
     assert all(d.header == arr.header for d in arr.detections)
@@ -125,7 +126,7 @@ def test_synthetic_sample_after_new_calibration(node, offline, tmp_path_factory)
     before = int(diag_values(node.diags[-1])["calibration_changes"]) if node.diags else 0
     node.use_calibration(syn)
     arr = node.request(syn.shifted(2_000_000_000), 120)
-    stamp = arr.header.stamp.sec * 1_000_000_000 + arr.header.stamp.nanosec
+    stamp = stamp_to_ns(arr.header.stamp)
     assert stamp == node.last_sample.reference_stamp_ns and arr.header.frame_id == "base_link"
     assert_parity(arr, offline.detect(syn.images, syn.Ks, tf_roundtrip(syn)))
     st = node.diag_since(n0, lambda d: int(diag_values(d)["calibration_changes"]) > before)

@@ -11,10 +11,11 @@ import time
 import pytest
 
 from node_support import NodeHarness, diag_values, make_checkpoint, synthetic_sample
+from labeldistill_ros.ros_convert import NS_PER_S, stamp_to_ns
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.timeout(90),
               pytest.mark.xdist_group("node_vehicle_defaults")]
-S = 1_000_000_000
+S = NS_PER_S  # ns per second
 WARN, ERROR = b"\x01", b"\x02"
 
 
@@ -68,7 +69,7 @@ def answer(node, sample, cams=None, timeout_s: float = 25.0):
 
     def found():
         return next((d for d in node.detections
-                     if lo <= d.header.stamp.sec * S + d.header.stamp.nanosec <= hi), None)
+                     if lo <= stamp_to_ns(d.header.stamp) <= hi), None)
     return node.spin_until(found, timeout_s, f"detections of the set at {lo}")
 
 

@@ -99,7 +99,7 @@ def _reproduced(ref_xyz, ref_lab, got_xyz, got_lab) -> np.ndarray:
 
 def test_node_reproduces_the_trainers_boxes_on_the_real_key_frame_in_the_map_frame(
         overfitted, real_sample_dir, tmp_path):
-    from labeldistill_ros.bag.reader import detections_from_msg
+    from labeldistill_ros.bag.detections import detections_from_msg
 
     ckpt, pred, model_cfg = overfitted
     names = list(model_cfg.class_names)

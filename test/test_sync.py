@@ -7,6 +7,7 @@ import random
 import pytest
 
 from labeldistill_ros.node.sync import SetCollector, spread_ms
+from labeldistill_ros.ros_convert import NS_PER_S
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -178,7 +179,7 @@ def test_invalid_arguments():
 # ---------------------------------------------------------------------------------------------- bag loops
 # Six cameras whose images of a set arrive in varying order (independent drivers, a bag), per-camera stamp jitter
 # within the slop, then the stamps jump back (a bag loop, a replay restart) and the stream goes on.
-S = 1_000_000_000
+S = NS_PER_S  # ns per second
 SETS = 120
 
 

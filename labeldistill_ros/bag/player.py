@@ -15,24 +15,15 @@ record when each message left, for latency measurement.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterable
 
+from ..ros_convert import msg_type, stamp_msg
 from .reader import BagReader
 
 CLOCK_TOPIC = "/clock"
-
-
-def message_class(msgtype: str):
-    """``'pkg/msg/Name'`` -> the rclpy message class (raises ImportError naming the missing package)."""
-    pkg, _, name = msgtype.split("/")
-    try:
-        return getattr(importlib.import_module(f"{pkg}.msg"), name)
-    except (ImportError, AttributeError) as exc:
-        raise ImportError(f"message type {msgtype} is not installed for rclpy ({exc}); install {pkg}") from exc
 
 
 def qos_from_bag(profiles: list, default_depth: int = 10):
@@ -94,7 +85,7 @@ class BagPlayer:
         quiet = PublisherEventCallbacks(incompatible_qos=lambda _e: None)
         self.publishers = {}
         for t in self.topics:
-            self.publishers[t] = node.create_publisher(message_class(avail[t][0]), t, qos_from_bag(self.reader.qos(t)),
+            self.publishers[t] = node.create_publisher(msg_type(avail[t][0]), t, qos_from_bag(self.reader.qos(t)),
                                                        event_callbacks=quiet)
         self._clock_pub = None
         if clock:
@@ -134,10 +125,7 @@ class BagPlayer:
 
     def publish_clock(self, bag_ns: int) -> None:
         if self._clock_pub is not None:
-            from builtin_interfaces.msg import Time
-
-            self._clock_pub.publish(self._clock_cls(clock=Time(sec=bag_ns // 1_000_000_000,
-                                                               nanosec=bag_ns % 1_000_000_000)))
+            self._clock_pub.publish(self._clock_cls(clock=stamp_msg(bag_ns)))
 
     def play(self, start_offset_s: float = 0.0, should_stop: Callable[[], bool] | None = None) -> int:
         """Publish the whole bag with its timing; returns the number of messages published."""

@@ -4,11 +4,13 @@ Everything a bag holds comes back as numpy in the frames it was recorded in:
 
 * calibration: ``sensor -> base_link`` 4x4 transforms from ``/tf_static`` (metres);
 * ego poses: ``base_link -> map`` 4x4 at any stamp, interpolated between ``/tf`` samples (linear translation,
-  slerp rotation) - :class:`Trajectory`;
+  slerp rotation) - :class:`~labeldistill_ros.ros_convert.PoseTrajectory`;
 * cameras: K (3x3, pixels) and image size from ``/CAM_X/camera_info``; images as JPEG bytes or decoded
   ``(H, W, 3)`` uint8 RGB;
 * boxes: project layout ``(N, 9)`` ``x, y, z, l, w, h, yaw, vx, vy`` in the message's frame (``base_link``),
-  metres / radians / m/s.
+  metres / radians / m/s (:mod:`.detections`).
+
+Message fields are read with :mod:`labeldistill_ros.ros_convert` (stamps, transforms, images).
 
 Stamps are integers in nanoseconds (header stamps = dataset time). A bag that cannot be read (missing or
 corrupted ``metadata.yaml``, truncated or corrupted storage file, undecodable message) raises
@@ -17,13 +19,14 @@ corrupted ``metadata.yaml``, truncated or corrupted storage file, undecodable me
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..geometry import make_transform, matrix_to_quat, pose_to_box, slerp_quat
+from ..ros_convert import PoseTrajectory, decode_compressed, decode_image, stamp_to_ns, transform_to_matrix
+from .detections import BoxFrame, detections_from_msg, velocities_from_objects
 from .typestore import typestore
 
 GT_DETECTIONS = "/ground_truth/detections"
@@ -38,11 +41,6 @@ BASE_FRAME = "base_link"
 
 class BagError(RuntimeError):
     """A bag that cannot be read as recorded; the message names the file and what is wrong."""
-
-
-def stamp_to_ns(stamp) -> int:
-    """``builtin_interfaces/Time`` (sec, nanosec) -> integer nanoseconds."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -73,177 +71,7 @@ class ImageMsg:
         """The image as ``(H, W, 3)`` uint8 RGB (decoding compressed bytes with OpenCV, else Pillow)."""
         if not self.compressed:
             return self.data
-        return decode_compressed(bytes(self.data))
-
-
-@dataclass
-class BoxFrame:
-    """Boxes of one Detection3DArray: ``boxes (N, 9)`` in ``frame_id`` (velocity 0 unless known), ``names``
-    (class_id strings), ``scores (N,)``, ``ids`` (Detection3D.id: instance token for ground truth),
-    ``sample_token`` (ground truth only), ``receive_ns`` (bag receive time; for a recording of a live run the
-    wall clock at reception)."""
-
-    stamp_ns: int
-    frame_id: str
-    boxes: np.ndarray
-    names: list[str]
-    scores: np.ndarray
-    ids: list[str] = field(default_factory=list)
-    sample_token: str = ""
-    receive_ns: int = 0
-
-
-def decode_compressed(buf: bytes) -> np.ndarray:
-    """JPEG/PNG bytes -> ``(H, W, 3)`` uint8 RGB."""
-    try:
-        import cv2
-
-        bgr = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError("cv2.imdecode could not decode the buffer")
-        return np.ascontiguousarray(bgr[:, :, ::-1])
-    except ImportError:
-        import io
-
-        from PIL import Image
-
-        return np.asarray(Image.open(io.BytesIO(buf)).convert("RGB"))
-
-
-def image_from_msg(camera: str, msg, compressed: bool) -> ImageMsg:
-    """sensor_msgs/Image (rgb8/bgr8/mono8) or CompressedImage -> :class:`ImageMsg`."""
-    stamp = stamp_to_ns(msg.header.stamp)
-    if compressed:
-        return ImageMsg(camera, stamp, msg.header.frame_id, True, np.asarray(msg.data, np.uint8).tobytes(),
-                        msg.format)
-    enc = msg.encoding.lower()
-    chans = {"rgb8": 3, "bgr8": 3, "mono8": 1}.get(enc)
-    if chans is None:
-        raise ValueError(f"image encoding '{msg.encoding}' on {camera} is not supported (rgb8, bgr8, mono8)")
-    rows = np.asarray(msg.data, np.uint8).reshape(msg.height, msg.step)
-    img = rows[:, : msg.width * chans].reshape(msg.height, msg.width, chans)
-    if enc == "bgr8":
-        img = img[:, :, ::-1]
-    elif enc == "mono8":
-        img = np.repeat(img, 3, axis=2)
-    return ImageMsg(camera, stamp, msg.header.frame_id, False, np.ascontiguousarray(img), enc)
-
-
-def transform_msg_to_matrix(tf) -> np.ndarray:
-    """geometry_msgs/Transform -> 4x4 ``child -> parent`` matrix."""
-    q = tf.rotation
-    t = tf.translation
-    return make_transform(np.array([q.w, q.x, q.y, q.z]), [t.x, t.y, t.z])
-
-
-def detections_from_msg(msg, velocities: np.ndarray | None = None) -> BoxFrame:
-    """vision_msgs/Detection3DArray -> :class:`BoxFrame`. Class and score are taken from the best hypothesis;
-    ``velocities (N, 2)`` (m/s, same frame) fill the boxes' vx, vy when given."""
-    n = len(msg.detections)
-    boxes = np.zeros((n, 9))
-    names, scores, ids = [], np.zeros(n), []
-    for i, d in enumerate(msg.detections):
-        c = d.bbox.center
-        boxes[i] = pose_to_box([c.position.x, c.position.y, c.position.z],
-                               [c.orientation.x, c.orientation.y, c.orientation.z, c.orientation.w],
-                               [d.bbox.size.x, d.bbox.size.y, d.bbox.size.z])
-        if d.results:
-            best = max(d.results, key=lambda r: r.hypothesis.score)
-            names.append(best.hypothesis.class_id)
-            scores[i] = best.hypothesis.score
-        else:
-            names.append("")
-        ids.append(d.id)
-    if velocities is not None and len(velocities):
-        v = np.asarray(velocities, dtype=np.float64).reshape(-1, 2)
-        if len(v) != n:
-            raise ValueError(f"{len(v)} velocities for {n} boxes")
-        boxes[:, 7:9] = v
-    return BoxFrame(stamp_to_ns(msg.header.stamp), msg.header.frame_id, boxes, names, scores, ids)
-
-
-def velocities_from_objects(msg) -> tuple[int, np.ndarray, np.ndarray]:
-    """autoware_perception_msgs/DetectedObjects -> ``(stamp_ns, centres (N, 3), velocities (N, 2))`` in the
-    message frame (m, m/s): each object's twist (x along its heading, y to its left) turned by its heading."""
-    n = len(msg.objects)
-    centres, yaw, twist = np.zeros((n, 3)), np.zeros(n), np.zeros((n, 2))
-    for i, o in enumerate(msg.objects):
-        k = o.kinematics
-        p, q = k.pose_with_covariance.pose.position, k.pose_with_covariance.pose.orientation
-        centres[i] = (p.x, p.y, p.z)
-        yaw[i] = np.arctan2(2.0 * (q.w * q.z + q.x * q.y), 1.0 - 2.0 * (q.y * q.y + q.z * q.z))
-        if k.has_twist:
-            twist[i] = (k.twist_with_covariance.twist.linear.x, k.twist_with_covariance.twist.linear.y)
-    c, s_ = np.cos(yaw), np.sin(yaw)
-    v = np.stack([c * twist[:, 0] - s_ * twist[:, 1], s_ * twist[:, 0] + c * twist[:, 1]], axis=1)
-    return stamp_to_ns(msg.header.stamp), centres, v
-
-
-def attach_velocities(frames: list[BoxFrame], objects: list[tuple[int, np.ndarray, np.ndarray]],
-                      tol_m: float = 1e-3) -> int:
-    """Fill the boxes' vx, vy of each detection frame from the DetectedObjects message of the same stamp (the node
-    publishes both from one set): object ``i`` is box ``i`` when the centres agree within ``tol_m``, else each
-    box takes the object nearest to its centre (within ``tol_m``). Returns how many frames got velocities."""
-    by_stamp = {st: (c, v) for st, c, v in objects}
-    filled = 0
-    for f in frames:
-        hit = by_stamp.get(f.stamp_ns)
-        if hit is None or not len(f.boxes):
-            continue
-        centres, vel = hit
-        if len(centres) == len(f.boxes) and np.all(np.abs(centres - f.boxes[:, :3]) <= tol_m):
-            f.boxes[:, 7:9] = vel
-        else:
-            d = np.linalg.norm(f.boxes[:, None, :3] - centres[None, :, :], axis=2) if len(centres) else None
-            if d is None:
-                continue
-            j = d.argmin(axis=1)
-            ok = d[np.arange(len(j)), j] <= tol_m
-            f.boxes[ok, 7:9] = vel[j[ok]]
-        filled += 1
-    return filled
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Trajectory (map <- base_link over time)
-# --------------------------------------------------------------------------------------------------------------
-class Trajectory:
-    """Time series of ``child -> parent`` poses (here ``base_link -> map``) with interpolation.
-
-    ``at(t_ns)`` interpolates between the two nearest samples; outside the recorded span it returns the end
-    pose if within ``max_extrapolation_ns`` of it, else raises ``LookupError`` (like tf2's extrapolation error).
-    """
-
-    def __init__(self, stamps_ns: Sequence[int], matrices: Sequence[np.ndarray],
-                 max_extrapolation_ns: int = 100_000_000):
-        order = np.argsort(np.asarray(stamps_ns, dtype=np.int64), kind="stable")
-        self.stamps = [int(stamps_ns[i]) for i in order]
-        mats = [np.asarray(matrices[i], dtype=np.float64) for i in order]
-        self.trans = np.array([m[:3, 3] for m in mats]).reshape(-1, 3)
-        self.quats = matrix_to_quat(np.array([m[:3, :3] for m in mats]).reshape(-1, 3, 3))
-        self.max_extrapolation_ns = max_extrapolation_ns
-
-    def __len__(self) -> int:
-        return len(self.stamps)
-
-    def at(self, t_ns: int) -> np.ndarray:
-        """4x4 pose at ``t_ns`` (nanoseconds)."""
-        if not self.stamps:
-            raise LookupError("no poses recorded")
-        i = bisect.bisect_left(self.stamps, t_ns)
-        if i < len(self.stamps) and self.stamps[i] == t_ns:
-            return make_transform(self.quats[i], self.trans[i])
-        if i == 0 or i == len(self.stamps):
-            j = 0 if i == 0 else len(self.stamps) - 1
-            if abs(self.stamps[j] - t_ns) > self.max_extrapolation_ns:
-                raise LookupError(
-                    f"stamp {t_ns} ns is {abs(self.stamps[j] - t_ns) / 1e9:.3f} s outside the recorded poses "
-                    f"[{self.stamps[0]}, {self.stamps[-1]}] ns")
-            return make_transform(self.quats[j], self.trans[j])
-        t0, t1 = self.stamps[i - 1], self.stamps[i]
-        a = (t_ns - t0) / (t1 - t0)
-        return make_transform(slerp_quat(self.quats[i - 1], self.quats[i], a),
-                              (1 - a) * self.trans[i - 1] + a * self.trans[i])
+        return decode_compressed(self.data, self.camera, self.encoding)
 
 
 class StaticTimeline:
@@ -260,6 +88,18 @@ class StaticTimeline:
             return self.states[-1]
         i = bisect.bisect_right(self.stamps, t_ns) - 1
         return self.states[max(i, 0)]
+
+
+def image_from_msg(camera: str, msg, compressed: bool) -> ImageMsg:
+    """sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8; decoded to RGB, an array of its own) or CompressedImage
+    (the bytes kept) -> :class:`ImageMsg`; :class:`~labeldistill_ros.ros_convert.ImageError` when malformed."""
+    stamp = stamp_to_ns(msg.header.stamp)
+    if compressed:
+        return ImageMsg(camera, stamp, msg.header.frame_id, True, np.asarray(msg.data, np.uint8).tobytes(),
+                        msg.format)
+    rgb = decode_image(msg, f"{camera} image")
+    return ImageMsg(camera, stamp, msg.header.frame_id, False, rgb if rgb.flags.owndata else rgb.copy(),
+                    msg.encoding)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -379,7 +219,7 @@ class BagReader:
         for _, t, msg in self.messages([TF_STATIC]):
             cur = dict(cur)
             for tf in msg.transforms:
-                cur[tf.child_frame_id] = (tf.header.frame_id, transform_msg_to_matrix(tf.transform))
+                cur[tf.child_frame_id] = (tf.header.frame_id, transform_to_matrix(tf))
             stamps.append(t)
             states.append(cur)
         return StaticTimeline(stamps, states)
@@ -388,15 +228,17 @@ class BagReader:
         """``frame -> base`` 4x4 by chaining ``/tf_static`` (raises ``LookupError`` if not connected)."""
         return chain_static(self.static_transforms(), frame, base)
 
-    def trajectory(self, parent: str = MAP_FRAME, child: str = BASE_FRAME) -> Trajectory:
-        """``child -> parent`` poses from ``/tf`` (default ``base_link -> map``, the ego pose)."""
+    def trajectory(self, parent: str = MAP_FRAME, child: str = BASE_FRAME,
+                   max_extrapolation_ns: int = 100_000_000) -> PoseTrajectory:
+        """``child -> parent`` poses from ``/tf`` (default ``base_link -> map``, the ego pose), interpolated; a stamp
+        up to ``max_extrapolation_ns`` outside the recorded span gets the end pose."""
         stamps, mats = [], []
         for _, _, msg in self.messages([TF]):
             for tf in msg.transforms:
                 if tf.header.frame_id == parent and tf.child_frame_id == child:
                     stamps.append(stamp_to_ns(tf.header.stamp))
-                    mats.append(transform_msg_to_matrix(tf.transform))
-        return Trajectory(stamps, mats)
+                    mats.append(transform_to_matrix(tf))
+        return PoseTrajectory(stamps, mats, max_extrapolation_ns)
 
     # -- cameras -----------------------------------------------------------------------------------------------
     def camera_topics(self) -> dict[str, tuple[str, bool]]:
@@ -521,7 +363,5 @@ def nearest_index(stamps_ns: Sequence[int], t_ns: int) -> int:
     return i if stamps_ns[i] - t_ns < t_ns - stamps_ns[i - 1] else i - 1
 
 
-__all__ = ["BagError", "BagReader", "BoxFrame", "CameraInfo", "ImageMsg", "StaticTimeline", "Trajectory",
-           "chain_static",
-           "decode_compressed",
-           "detections_from_msg", "image_from_msg", "nearest_index", "stamp_to_ns"]
+__all__ = ["BagError", "BagReader", "CameraInfo", "ImageMsg", "StaticTimeline", "chain_static", "image_from_msg",
+           "nearest_index"]

@@ -26,7 +26,7 @@ class BagRecorder:
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from rosbags.rosbag2 import StoragePlugin, Writer
 
-        from .player import message_class
+        from ..ros_convert import msg_type
 
         self.path = Path(path)
         self.storage = storage
@@ -38,7 +38,7 @@ class BagRecorder:
         self._conns = {t: self._writer.add_connection(t, mt, typestore=self._ts) for t, mt in topics.items()}
         qos = qos or QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         self.counts = {t: 0 for t in topics}
-        self._subs = [node.create_subscription(message_class(mt), t, self._callback(t), qos, raw=True)
+        self._subs = [node.create_subscription(msg_type(mt), t, self._callback(t), qos, raw=True)
                       for t, mt in topics.items()]
         self._closed = False
 

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .reader import (TF, TF_STATIC, BagError, BagReader, BoxFrame, attach_velocities, detections_from_msg,
-                     velocities_from_objects)
+from ..ros_convert import stamp_to_ns
+from .detections import BoxFrame, attach_velocities, detections_from_msg, velocities_from_objects
+from .reader import TF, TF_STATIC, BagError, BagReader
 
 NODE_NAME = "labeldistill_detector"
 NODE_OUTPUT = f"/{NODE_NAME}/output/detections"
@@ -120,7 +121,7 @@ def run_offline(bag: str | Path, checkpoint: str, device: str = "cpu", precision
                 continue
             bar.update(1)
             i, comp = topic_cam[topic]
-            stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            stamp = stamp_to_ns(msg.header.stamp)
             # Bag time as the receive clock: the collector's timeout then acts in dataset time.
             ready = collector.add(i, stamp, (msg, comp), t_ns / 1e9)
             if collector.reset_pending:  # as the node: time jumped back, dynamic TF forgotten

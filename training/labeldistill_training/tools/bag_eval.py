@@ -37,10 +37,12 @@ from pathlib import Path
 
 import numpy as np
 
-from labeldistill_ros.bag.reader import BagError, BagReader, BoxFrame, Trajectory, nearest_index
+from labeldistill_ros.bag.detections import BoxFrame
+from labeldistill_ros.bag.reader import BagError, BagReader, nearest_index
 from labeldistill_ros.bag.replay import (NODE_OBJECTS, NODE_OUTPUT, Run, frames_from_topic, run_live, run_offline,
                                          summary_stats)
 from labeldistill_ros.geometry import CLASS_NAMES, box_corners
+from labeldistill_ros.ros_convert import PoseTrajectory
 
 __all__ = ["NODE_OBJECTS", "NODE_OUTPUT", "Run", "frames_from_topic", "run_live", "run_offline", "match_frames", "results_json",
            "detection_eval", "score", "format_table", "main"]
@@ -64,7 +66,7 @@ def match_frames(gt: list[BoxFrame], frames: list[BoxFrame], tol_ns: int) -> dic
     return best
 
 
-def results_json(gt: list[BoxFrame], matched: dict[int, BoxFrame], traj: Trajectory) -> dict:
+def results_json(gt: list[BoxFrame], matched: dict[int, BoxFrame], traj: PoseTrajectory) -> dict:
     """nuScenes results (global frame) for every key frame of the bag (empty list where nothing matched).
 
     A matched frame's boxes (base_link at the frame's stamp) go to the global frame with the recorded ego pose

@@ -33,18 +33,10 @@ from labeldistill_ros.bag.reader import (BASE_FRAME, GT_DETECTIONS, GT_MARKERS, 
                                          MAP_FRAME, TF, TF_STATIC)
 from labeldistill_ros.bag.typestore import typestore
 from labeldistill_ros.geometry import box_to_pose, invert_transform, make_transform, nuscenes_to_boxes
+from labeldistill_ros.ros_convert import class_rgb, decode_compressed, duration_msg, header_msg, transform_msg
 
 CAMERAS = ("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT")
 LIDAR = "LIDAR_TOP"
-
-# Class colours (RGB 0-1) for the GT markers, one per detection class.
-_COLOURS = {
-    "car": (1.0, 0.62, 0.0), "truck": (1.0, 0.39, 0.28), "construction_vehicle": (0.86, 0.55, 0.24),
-    "bus": (1.0, 0.27, 0.0), "trailer": (1.0, 0.55, 0.4), "barrier": (0.44, 0.5, 0.56),
-    "motorcycle": (1.0, 0.24, 0.39), "bicycle": (0.86, 0.08, 0.24), "pedestrian": (0.0, 0.0, 0.9),
-    "traffic_cone": (0.18, 0.31, 0.31),
-}
-
 
 @dataclass
 class Options:
@@ -75,22 +67,10 @@ class _Msgs:
         self.T = t
 
     def header(self, stamp_ns: int, frame: str):
-        return self.T["std_msgs/msg/Header"](
-            stamp=self.T["builtin_interfaces/msg/Time"](sec=int(stamp_ns // 1_000_000_000),
-                                                        nanosec=int(stamp_ns % 1_000_000_000)),
-            frame_id=frame)
+        return header_msg(stamp_ns, frame, self.T)
 
     def transform(self, stamp_ns: int, parent: str, child: str, T: np.ndarray):
-        from labeldistill_ros.geometry import matrix_to_quat
-
-        q = matrix_to_quat(T[:3, :3])
-        g = self.T
-        return g["geometry_msgs/msg/TransformStamped"](
-            header=self.header(stamp_ns, parent), child_frame_id=child,
-            transform=g["geometry_msgs/msg/Transform"](
-                translation=g["geometry_msgs/msg/Vector3"](x=float(T[0, 3]), y=float(T[1, 3]), z=float(T[2, 3])),
-                rotation=g["geometry_msgs/msg/Quaternion"](x=float(q[1]), y=float(q[2]), z=float(q[3]),
-                                                           w=float(q[0]))))
+        return transform_msg(parent, child, T, stamp_ns, self.T)
 
     def tf_message(self, transforms):
         return self.T["tf2_msgs/msg/TFMessage"](transforms=list(transforms))
@@ -152,7 +132,7 @@ class _Msgs:
     def markers(self, stamp_ns: int, frame: str, boxes: np.ndarray, names, ids):
         g = self.T
         hdr = self.header(stamp_ns, frame)
-        zero = g["builtin_interfaces/msg/Duration"](sec=0, nanosec=0)
+        zero = duration_msg(0.0, self.T)
 
         def marker(**kw):
             base = dict(header=hdr, ns="", id=0, type=1, action=0, pose=self.pose(np.zeros(7)),
@@ -168,7 +148,7 @@ class _Msgs:
 
         out = [marker(action=3)]  # DELETEALL: the previous key frame's boxes go away
         for i, (b, name) in enumerate(zip(boxes, names)):
-            r, gg, bb = _COLOURS.get(name, (0.7, 0.7, 0.7))
+            r, gg, bb = class_rgb(name)
             out.append(marker(ns=name, id=i, type=1, pose=self.pose(b),
                               scale=g["geometry_msgs/msg/Vector3"](x=float(b[3]), y=float(b[4]), z=float(b[5])),
                               color=g["std_msgs/msg/ColorRGBA"](r=r, g=gg, b=bb, a=0.5)))
@@ -303,7 +283,6 @@ def _write(opt: Options, nusc, plan, out: Path, plugin, counts: dict) -> None:
     from rosbags.rosbag2 import Writer
     from tqdm import tqdm
 
-    from labeldistill_ros.bag.reader import decode_compressed
 
     m = _Msgs()
     ts = m.ts
