@@ -36,15 +36,16 @@ import functools
 import sys
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 
-import numpy as np
-
-from . import diagnostics, messages, params, raw_image
-from .calibration import CalibrationCache, CalibrationError
-from .ros_compat import ImageError, TfBackend, backends, compressed_to_rgb, image_to_rgb, optional_module
+from . import diagnostics, params, raw_image
+from .calibration import CalibrationError
+from .ros_compat import ImageError, TfBackend, backends
+from .outputs import Outputs, qos
+from .set_inputs import SetInputs
 from .staging import SetStage, Stager, StagePolicy, wall_ns
 from .sync import CameraSet, SetCollector
+from .timing import stage_times
 from .worker import LatestWorker
 
 try:  # rclpy is a runtime dependency of the node only (the package imports stay light)
@@ -61,15 +62,6 @@ except ImportError:  # Humble
 
 THROTTLE_S = 5.0
 GIL_SWITCH_S = 0.0002  # the interpreter's thread switch interval in the node process (see DetectorNode.__init__)
-
-
-def _qos(reliability: str, depth: int, transient_local: bool = False):
-    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-
-    return QoSProfile(
-        history=HistoryPolicy.KEEP_LAST, depth=depth,
-        reliability=ReliabilityPolicy.BEST_EFFORT if reliability == "best_effort" else ReliabilityPolicy.RELIABLE,
-        durability=DurabilityPolicy.TRANSIENT_LOCAL if transient_local else DurabilityPolicy.VOLATILE)
 
 
 class DetectorNode(Node):
@@ -108,16 +100,12 @@ class DetectorNode(Node):
         self.warmup_s = self.detector.warmup(p.num_cameras)
         self.names = p.camera_names
         self.tf = TfBackend(self)
-        self.calib = CalibrationCache(p.camera_names, p.target_frame, p.camera_frames)
-        self._infos: list = [None] * p.num_cameras
-        self._bufs = threading.local()  # per-thread reused conversion buffers (staging and inference threads)
-        self._bridge = optional_module("cv_bridge") is not None  # vehicle: cv_bridge converts the run sets
+        self.inputs = SetInputs(p, self.detector, self.tf, self.get_logger().warning)  # images + calibration
         self._lock = threading.Lock()  # guards the collector (executor thread: callbacks and the timer)
         self.policy = StagePolicy()
         self._current: SetStage | None = None  # the set the inference thread is on
-        self.stager = Stager(self._stage_job, still_wanted=lambda st: st is self._current or self.policy.stage_now(
+        self.stager = Stager(self.inputs.stage_job, still_wanted=lambda st: st is self._current or self.policy.stage_now(
             time.monotonic()))
-        self._calib_lock = threading.Lock()  # the calibration runs in the staging or the inference thread
         self.collector = SetCollector(p.num_cameras, p.sync_slop_s, p.sync_timeout_s, p.missing_camera_policy,
                                       p.min_cameras, new_ctx=self._new_stage, on_drop=SetStage.drop)
         self.worker = LatestWorker(self._process, on_error=self._on_worker_error,
@@ -127,45 +115,11 @@ class DetectorNode(Node):
         self.stats = Counter()  # cumulative event counts, written by the inference thread
         self._window_base = Counter()
         self._diag_t = time.monotonic()
-        # (time, cumulative counters, missing_by_camera) at each diagnostics period, back to rate_window_s ago
-        self._history: deque = deque([(self._diag_t, Counter(), {})])
-        self._output_times: deque = deque(maxlen=9)  # monotonic times of the latest outputs (marker lifetime)
+        self._rates = diagnostics.RateWindow(p.rate_window_s, p.camera_names, self._diag_t)
         self.last_timing: dict[str, float] = {}
-        self._throttle: dict[str, tuple[float, int]] = {}  # log key -> (last time logged, suppressed since)
+        self._throttle = diagnostics.Throttle(THROTTLE_S)
 
-        # Outputs
-        out_qos = _qos(p.output_reliability, p.output_depth)
-        from std_msgs.msg import Float64
-        from vision_msgs.msg import Detection3DArray, LabelInfo
-        from visualization_msgs.msg import MarkerArray
-        from diagnostic_msgs.msg import DiagnosticArray
-
-        self._det_writer = messages.DetectionArrayWriter()
-        self._marker_builder = messages.MarkerArrayBuilder(p.marker_lifetime_s, p.marker_text)  # built on demand
-        self.pub_det = self.create_publisher(Detection3DArray, "~/output/detections", out_qos)
-        self.pub_objects = None
-        if p.publish_objects:
-            try:
-                from autoware_perception_msgs.msg import DetectedObjects
-            except ImportError as exc:
-                raise params.ParamError(
-                    "parameter 'publish_objects' = True needs autoware_perception_msgs, which is not importable. "
-                    "Fix: install it (ros-<distro>-autoware-perception-msgs, or tools/setup_env.py without a ROS "
-                    "install) or set publish_objects: false") from exc
-            self._objects_builder = messages.DetectedObjectsBuilder()
-            self.pub_objects = self.create_publisher(DetectedObjects, "~/output/objects", out_qos)
-        self.pub_markers = self.create_publisher(MarkerArray, "~/output/markers", out_qos) \
-            if p.publish_markers else None
-        self.pub_labels = self.create_publisher(LabelInfo, "~/output/label_info", _qos("reliable", 1, True))
-        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", _qos("reliable", 10))
-        dbg = _qos("reliable", 10)
-        self.pub_time = {k: self.create_publisher(Float64, f"~/debug/processing_time/{k}_ms", dbg)
-                         for k in ("preprocess", "inference", "postprocess", "total")}
-        self.pub_latency = self.create_publisher(Float64, "~/debug/pipeline_latency_ms", dbg)
-        from diagnostic_msgs.msg import DiagnosticStatus
-
-        self.pub_stages = self.create_publisher(DiagnosticStatus, "~/debug/stage_times_ms", dbg)
-        self.pub_labels.publish(messages.label_info(self.detector.class_names, p.score_threshold))
+        self.out = Outputs(self, p, self.detector.class_names, self.stats)
 
         # Inputs
         from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -174,7 +128,7 @@ class DetectorNode(Node):
         except ImportError:  # Humble
             from rclpy.qos_event import SubscriptionEventCallbacks
 
-        in_qos = _qos(p.input_reliability, p.input_depth)
+        in_qos = qos(p.input_reliability, p.input_depth)
         img_type = CompressedImage if p.image_transport == "compressed" else Image
         self._compressed = p.image_transport == "compressed"
         self._subs = []
@@ -191,7 +145,7 @@ class DetectorNode(Node):
             # Streamed CameraInfo (any reliability) and latched CameraInfo (history for late joiners): two
             # subscriptions; the latched one is silent about volatile publishers it cannot match.
             self._subs.append(self.create_subscription(CameraInfo, topic, cb, in_qos))
-            self._subs.append(self.create_subscription(CameraInfo, topic, cb, _qos("reliable", 1, True),
+            self._subs.append(self.create_subscription(CameraInfo, topic, cb, qos("reliable", 1, True),
                                                        event_callbacks=quiet))
         self._poll_timer = self.create_timer(min(0.05, p.sync_timeout_s / 4), self._on_poll)
         self._diag_timer = self.create_timer(p.diagnostics_period_s, self._on_diagnostics)
@@ -201,8 +155,7 @@ class DetectorNode(Node):
             f"{p.input_reliability}/depth {p.input_depth}), target_frame '{p.target_frame}', sync slop "
             f"{p.sync_slop_s * 1e3:.0f} ms timeout {p.sync_timeout_s:.2f} s policy {p.missing_camera_policy}; "
             f"model {self.detector.describe()} (warm-up {self.warmup_s:.1f} s); "
-            f"outputs: detections{', objects' if self.pub_objects else ''}"
-            f"{', markers' if self.pub_markers else ''}; ROS packages: {backends()}")
+            f"outputs: {self.out.describe()}; ROS packages: {backends()}")
 
     # -- callbacks (hand off only) -----------------------------------------------------------------------------
     def _on_image(self, cam: int, raw: bytes, info) -> None:
@@ -257,7 +210,7 @@ class DetectorNode(Node):
                         self.detector.release_slot)
 
     def _on_info(self, cam: int, msg) -> None:
-        self._infos[cam] = msg
+        self.inputs.on_info(cam, msg)
 
     def _on_poll(self) -> None:
         with self._lock:
@@ -282,7 +235,7 @@ class DetectorNode(Node):
         p = self.p
         cams = cs.present
         try:
-            st.finish(cams, self._stage_job)  # cameras + calibration: what the staging thread has not done yet
+            st.finish(cams, self.inputs.stage_job)  # cameras + calibration: what the staging thread has not done yet
             t_staged = t_calib = wall_ns()
             calib = st.calib
         except ImageError as exc:
@@ -321,140 +274,23 @@ class DetectorNode(Node):
             self._warn("nonfinite", "", f"{det.nonfinite} candidate boxes with non-finite model outputs dropped "
                                         f"(set at {cs.stamp_ns / 1e9:.3f} s): check the checkpoint", error=True)
         stamp = calib.reference_stamp_ns  # the latest camera's: the frame the boxes are expressed at
-        self.pub_det.publish(self._det_writer.serialize(det, stamp, p.target_frame))  # CDR bytes, no rclpy objects
+        self.out.detections(det, stamp)
         t_pub = wall_ns()
-        if self.pub_objects is not None:
-            self.pub_objects.publish(self._objects_builder.build(det, stamp, p.target_frame))
-        self._publish_markers(det, stamp)
+        self.out.others(det, stamp)
         t_end = wall_ns()
         self.stats["published"] += 1
         self.stats["boxes"] += len(det.boxes)
         self._report_times(cs, st, det, t_pick, t_staged, t_calib, t_det, t_pub, t_end, stamp)
 
     def _report_times(self, cs, st, det, t_pick, t_staged, t_calib, t_det, t_pub, t_end, stamp) -> None:
-        """Per-set times (ms), from the first image's arrival (the middleware's reception time) to the outputs:
-        ``~/debug/stage_times_ms`` (every stage below), the Autoware-style
-        ``~/debug/processing_time/*_ms`` (from the moment the inference thread took the set) and
-        ``~/debug/pipeline_latency_ms``.
-
-        ``overhead`` = how much later the detections are published than by a node with no cost of its own, which
-        would publish ``forward`` after both the set's inputs were in (its last image arrived; a partial set: the
-        sync timeout closed it) and the inference thread was free of the previous set: ``publish - forward -
-        max(inputs in, thread free)``. It holds the executor's delay in delivering the images and everything the
-        inference thread does besides the forward (staging left over, calibration, decoding, publishing), but not
-        the waits for the cameras (``transport``) or for the model (``queue``), which a node cannot shorten.
-        Camera work done while waiting (staging on arrival) costs nothing here. ``receive_to_publish`` is the whole
-        time from the first image's arrival."""
-        ms = 1e-6
-        first, last = st.first_received_ns or t_pick, st.last_received_ns or t_pick
-        ready = getattr(st, "ready_ns", None) or t_pick
-        inputs_in = last if cs.complete else max(last, ready)  # a partial set is in when the timeout closed it
-        free = min(self._free_ns or 0, t_pick)
-        fwd = det.timing_ms.get("forward", 0.0)
-        times = {
-            "transport": (last - first) * ms,
-            "sync": max(0, ready - last) * ms,
-            "queue": max(0, free - inputs_in) * ms,
-            "pickup": (t_pick - max(ready, free)) * ms,
-            "staging": (t_staged - t_pick) * ms,
-            "calibration": getattr(st, "calib_ms", 0.0),
-            "forward": fwd,
-            "decode": det.timing_ms.get("postprocess", 0.0),
-            "detect_other": max(0.0, (t_det - t_calib) * ms - fwd - det.timing_ms.get("postprocess", 0.0)),
-            "publish": (t_pub - t_det) * ms,
-            "other_outputs": (t_end - t_pub) * ms,
-            "receive_to_publish": (t_pub - first) * ms,
-        }
-        times["overhead"] = (t_pub - max(inputs_in, free)) * ms - fwd
-        times["staged_on_arrival"] = float(sum(1 for i in cs.present if not st.staged_by_worker[i]))
-        times["calibrated_ahead"] = float(not st.staged_by_worker[st.calib_job])
-        pre = times["staging"] + det.timing_ms.get("preprocess", 0.0)
-        total = (t_end - t_pick) * ms
-        timing = {"preprocess": pre, "inference": fwd, "postprocess": max(0.0, total - pre - fwd), "total": total,
-                  "overhead": times["overhead"], "receive_to_publish": times["receive_to_publish"]}
+        """Publish the set's times (:func:`.timing.stage_times`): ``~/debug/stage_times_ms`` (every stage), the
+        Autoware-style ``~/debug/processing_time/*_ms`` and ``~/debug/pipeline_latency_ms``."""
+        times, timing = stage_times(cs, st, det, t_pick, t_staged, t_calib, t_det, t_pub, t_end, self._free_ns)
+        total = timing["total"]
         self.last_timing = timing
         if total > self.p.max_processing_time_ms:
             self.stats["slow"] += 1
-        from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
-        from std_msgs.msg import Float64
-
-        for k, pub in self.pub_time.items():
-            pub.publish(Float64(data=float(timing[k])))
-        latency_ms = (self.get_clock().now().nanoseconds - stamp) / 1e6
-        self.pub_latency.publish(Float64(data=float(latency_ms)))
-        self.pub_stages.publish(DiagnosticStatus(
-            name="stage_times_ms", hardware_id=self.get_fully_qualified_name(),
-            message=f"{stamp}", values=[KeyValue(key=k, value=f"{v:.4f}") for k, v in times.items()]))
-
-    def _stage_job(self, st: SetStage, job: int) -> bool:
-        """One job of a set (staging thread or inference thread): a camera's image converted and preprocessed
-        into the set's input slot, or the set's calibration once its cameras are in (False: an image size is not
-        known yet, the job stays open)."""
-        if job != st.calib_job:
-            self.detector.stage(st.slot, job, self._to_rgb(job, st.items[job]))
-            return True
-        return self._calibrate(st)
-
-    def _calibrate(self, st: SetStage) -> bool:
-        """The set's calibration into ``st.calib``: K from each camera's latest CameraInfo (validated), extrinsics
-        from TF moved to the reference stamp (:meth:`CalibrationCache.resolve`). Raises CalibrationError or the TF
-        backend's exception."""
-        p, cams = self.p, st.cams
-        sizes = []
-        for i in cams:
-            item = st.items[i]
-            size = st.slot.sizes[i] if st.slot is not None else None
-            if size is None and item is not None and not item.compressed:
-                size = (item.width, item.height)  # a raw image's size is in its header
-            if size is None or item is None:
-                return False  # a compressed image not decoded yet
-            sizes.append(size)
-        t0 = time.perf_counter()
-        with self._calib_lock:
-            for i in cams:
-                info = self._infos[i]
-                if info is None:
-                    raise CalibrationError(f"{self.names[i]}: no camera_info received yet on "
-                                           f"'{p.camera_info_topics[i]}'")
-                self.calib.update_info(i, info)
-            while self.calib.warnings:
-                self.get_logger().warning(self.calib.warnings.pop(0))
-            st.calib = self.calib.resolve(
-                cams, [st.items[i].frame_id for i in cams], sizes, [st.items[i].stamp_ns for i in cams],
-                self.tf.lookup_matrix, p.tf_timeout_s, p.fixed_frame, self.tf.exceptions)
-        st.calib_ms = (time.perf_counter() - t0) * 1e3
-        return True
-
-    def _publish_markers(self, det, stamp_ns: int) -> None:
-        """Markers for an output, built only while someone subscribes; their lifetime follows the measured output
-        period (:func:`messages.marker_lifetime`)."""
-        self._output_times.append(time.monotonic())
-        if self.pub_markers is None:
-            return
-        if self.pub_markers.get_subscription_count() == 0:
-            self.stats["markers_unsubscribed"] += 1
-            return
-        self._marker_builder.set_lifetime(messages.marker_lifetime(self.p.marker_lifetime_s, self._output_times))
-        self.pub_markers.publish(self._marker_builder.build(det, stamp_ns, self.p.target_frame))
-        self.stats["markers_published"] += 1
-
-    def _to_rgb(self, cam: int, item: raw_image.RawImage) -> np.ndarray:
-        """A camera's image as ``(H, W, 3)`` uint8 RGB: cv_bridge on the deserialised message where cv_bridge is
-        installed (a vehicle), else the in-package conversion of the serialized bytes (rgb8: a view, no copy;
-        other encodings into a buffer reused per thread and camera)."""
-        name = f"{self.names[cam]} image"
-        msg = item.message() if self._bridge else item
-        if item.compressed:
-            return compressed_to_rgb(msg, name)
-        if self._bridge:
-            return image_to_rgb(msg, name)
-        bufs = getattr(self._bufs, "rgb", None)
-        if bufs is None:
-            bufs = self._bufs.rgb = [None] * self.p.num_cameras
-        out = image_to_rgb(item, name, out=bufs[cam])
-        if out.flags.owndata:  # converted (not a view on the message): reuse the array for the next frame
-            bufs[cam] = out
-        return out
+        self.out.times(times, timing, stamp)
 
     def _on_worker_error(self, exc: BaseException) -> None:
         self.stats["failures"] += 1
@@ -464,13 +300,9 @@ class DetectorNode(Node):
     def _warn(self, category: str, detail: str, text: str, error: bool = False) -> None:
         """Log ``text`` at most once per THROTTLE_S for each kind of problem (category + what it is about: the
         first 40 characters of the error, which name the camera and field), saying how many were suppressed."""
-        key = f"{category}:{detail[:40]}"
-        now = time.monotonic()
-        last, suppressed = self._throttle.get(key, (-1e9, 0))
-        if now - last < THROTTLE_S:
-            self._throttle[key] = (last, suppressed + 1)
+        suppressed = self._throttle.check(f"{category}:{detail[:40]}", time.monotonic())
+        if suppressed is None:
             return
-        self._throttle[key] = (now, 0)
         if suppressed:
             text += f" ({suppressed} similar messages suppressed in the last {THROTTLE_S:.0f} s)"
         if error:  # rclpy ties a severity to each call site: one call per level
@@ -504,20 +336,6 @@ class DetectorNode(Node):
             c[k] = self.stats[k]
         return c
 
-    def _rate_window(self, now: float, cum: dict[str, int]) -> tuple[dict[str, float], dict[str, int]]:
-        """Counts over the last ``rate_window_s`` (at least one diagnostics period): ``sets`` handed to inference,
-        ``superseded``, ``published``, ``span_s``; and camera name -> sets it was missing from in that time."""
-        missing = dict(self.collector.counters.missing_by_camera)
-        self._history.append((now, Counter(cum), missing))
-        while len(self._history) > 2 and now - self._history[1][0] >= self.p.rate_window_s:
-            self._history.popleft()
-        t0, base, base_missing = self._history[0]
-        rates = {"sets": cum["submitted"] - base["submitted"], "superseded": cum["superseded"] - base["superseded"],
-                 "published": cum["published"] - base["published"], "span_s": max(1e-3, now - t0)}
-        gone = {self.names[i]: n - base_missing.get(i, 0) for i, n in sorted(missing.items())
-                if n > base_missing.get(i, 0)}
-        return rates, gone
-
     def _on_diagnostics(self) -> None:
         now = time.monotonic()
         cum = self.counters()
@@ -527,7 +345,7 @@ class DetectorNode(Node):
         window["late"] = window["late_images"]
         period = max(1e-3, now - self._diag_t)
         self._window_base, self._diag_t = Counter(cum), now
-        rates, missing = self._rate_window(now, cum)
+        rates, missing = self._rates.update(now, cum, self.collector.counters.missing_by_camera)
         p = self.p
         level, summary = diagnostics.diagnostic_level(
             window, self.detector is not None, rates=rates, lag_warn_ratio=p.lag_warn_ratio,
@@ -541,15 +359,15 @@ class DetectorNode(Node):
                   "missing_cameras": ",".join(missing), "missing_camera_policy": p.missing_camera_policy,
                   "device": str(self.detector.device), "device_requested": p.device,
                   "cpu_fallback": self.cpu_fallback,
-                  "marker_subscribers": self.pub_markers.get_subscription_count() if self.pub_markers else 0,
-                  "marker_lifetime_s": messages.marker_lifetime(p.marker_lifetime_s, self._output_times.copy()),
+                  "marker_subscribers": self.out.markers.get_subscription_count() if self.out.markers else 0,
+                  "marker_lifetime_s": self.out.marker_lifetime(),
                   "model": self.detector.describe(), "target_frame": self.p.target_frame,
                   "open_sets": self.collector.open_sets,
                   "tf_backend": self.tf.kind, "missing_by_camera": {self.names[i]: n for i, n in
                                                                     self.collector.counters.missing_by_camera.items()}}
         values.update({f"last_{k}_ms": v for k, v in self.last_timing.items()})
         values.update(cum)
-        self.pub_diag.publish(diagnostics.diagnostic_array(
+        self.out.diag.publish(diagnostics.diagnostic_array(
             f"{self.get_name()}: pipeline", self.get_fully_qualified_name(), level, summary, values,
             self.get_clock().now().to_msg()))
 

@@ -1,7 +1,9 @@
-"""The node's health: the level and one-line summary of each diagnostics period (:func:`diagnostic_level`) and the
-``diagnostic_msgs/DiagnosticArray`` that carries it on ``/diagnostics`` (:func:`diagnostic_array`)."""
+"""The node's health: the level and one-line summary of each diagnostics period (:func:`diagnostic_level`), the
+``diagnostic_msgs/DiagnosticArray`` that carries it on ``/diagnostics`` (:func:`diagnostic_array`), the counts over
+the rate window (:class:`RateWindow`) and the throttle of repeated warnings (:class:`Throttle`)."""
 from __future__ import annotations
 
+from collections import Counter, deque
 from typing import Mapping
 
 # diagnostic_msgs/DiagnosticStatus levels
@@ -97,3 +99,43 @@ def _fmt(v: object) -> str:
     if isinstance(v, float):
         return f"{v:.3f}"
     return str(v)
+
+
+class RateWindow:
+    """Counts over the last ``window_s`` (at least one diagnostics period) from the node's cumulative counters:
+    ``sets`` handed to inference (``submitted``), ``superseded``, ``published``, ``span_s``; and camera name ->
+    sets it was missing from in that time."""
+
+    def __init__(self, window_s: float, names: list[str], now: float):
+        self.window_s, self.names = window_s, names
+        self._history: deque = deque([(now, Counter(), {})])  # (time, cumulative counters, missing by camera index)
+
+    def update(self, now: float, cum: Mapping[str, int],
+               missing_by_camera: Mapping[int, int]) -> tuple[dict[str, float], dict[str, int]]:
+        missing = dict(missing_by_camera)
+        self._history.append((now, Counter(cum), missing))
+        while len(self._history) > 2 and now - self._history[1][0] >= self.window_s:
+            self._history.popleft()
+        t0, base, base_missing = self._history[0]
+        rates = {"sets": cum["submitted"] - base["submitted"], "superseded": cum["superseded"] - base["superseded"],
+                 "published": cum["published"] - base["published"], "span_s": max(1e-3, now - t0)}
+        gone = {self.names[i]: n - base_missing.get(i, 0) for i, n in sorted(missing.items())
+                if n > base_missing.get(i, 0)}
+        return rates, gone
+
+
+class Throttle:
+    """At most one log line per ``period_s`` for each kind of problem (a key), counting the ones suppressed."""
+
+    def __init__(self, period_s: float):
+        self.period_s = period_s
+        self._last: dict[str, tuple[float, int]] = {}  # key -> (last time logged, suppressed since)
+
+    def check(self, key: str, now: float) -> int | None:
+        """None: suppress this line; else log it, with the number suppressed since the last one."""
+        last, suppressed = self._last.get(key, (-1e9, 0))
+        if now - last < self.period_s:
+            self._last[key] = (last, suppressed + 1)
+            return None
+        self._last[key] = (now, 0)
+        return suppressed
