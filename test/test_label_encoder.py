@@ -5,12 +5,13 @@ import math
 
 import torch
 
-from labeldistill_training.losses.detection import BevGrid, CenterPointLoss, CenterPointTargetAssigner
+from labeldistill_ros.model.config import BEVGridConfig
+from labeldistill_training.losses.detection import CenterPointLoss, CenterPointTargetAssigner
 from labeldistill_training.models.label_encoder import LabelEncoder, rasterize_batch, rasterize_labels
 from labeldistill_training.models.teacher import SECONDFPN
 from labeldistill_ros.model.head import CenterHead
 
-GRID = BevGrid(x_min=0.0, y_min=0.0, cell=1.0, H=16, W=16)
+GRID = BEVGridConfig(x=(0.0, 16.0, 1.0), y=(0.0, 16.0, 1.0))
 
 
 def test_rasterize_half_footprint_cells():

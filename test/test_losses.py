@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from labeldistill_training.losses import cmkd, depth, detection, labeldistill, stereodistill, unidistill
-from labeldistill_training.losses.detection import BevGrid, CenterPointLoss, CenterPointTargetAssigner, TaskTargets
+from labeldistill_ros.model.box_coder import BoxCoder
+from labeldistill_ros.model.config import BEVGridConfig
+from labeldistill_training.losses.detection import CenterPointLoss, CenterPointTargetAssigner, TaskTargets
+
+
+def _grid(n: int) -> BEVGridConfig:
+    """``n x n`` cells of 1 m from the origin."""
+    return BEVGridConfig(x=(0.0, float(n), 1.0), y=(0.0, float(n), 1.0))
 
 
 def _logit(p: float) -> float:
@@ -16,7 +23,7 @@ def _logit(p: float) -> float:
 
 def test_gaussian_radius_hand_value():
     # h = w = 10 cells, overlap 0.1: the third case wins, r3 = (-4 + sqrt(160)) / 2
-    assert detection.gaussian_radius(10, 10, 0.1) == pytest.approx((-4 + math.sqrt(160)) / 2, rel=1e-9)
+    assert float(detection.gaussian_radius(10, 10, 0.1)) == pytest.approx((-4 + math.sqrt(160)) / 2, rel=1e-9)
 
 
 def test_gaussian_focal_loss_hand_value():
@@ -28,7 +35,7 @@ def test_gaussian_focal_loss_hand_value():
 
 
 def test_target_assigner_and_detection_loss_hand_case():
-    grid = BevGrid(x_min=0.0, y_min=0.0, cell=1.0, H=8, W=8)
+    grid = _grid(8)
     assigner = CenterPointTargetAssigner(grid, [(0,), (1, 2)], min_overlap=0.1, min_radius=2, max_objs=4)
     box = torch.tensor([[3.25, 5.5, 0.8, 4.0, 2.0, 1.5, 0.3, 1.0, -2.0]])
     tg = assigner([box], [torch.tensor([0])])
@@ -127,7 +134,7 @@ def test_unidistill_keypoints_and_axis_order():
     assert kp.shape == (9, 2)
     assert torch.allclose(kp[4], torch.tensor([1.0, 2.0]))
     assert {tuple(p) for p in kp[:4].tolist()} == {(3.0, 3.0), (3.0, 1.0), (-1.0, 1.0), (-1.0, 3.0)}
-    grid = BevGrid(x_min=0.0, y_min=0.0, cell=1.0, H=8, W=8)
+    grid = _grid(8)
     feat = torch.zeros(1, 8, 8)
     feat[0, 2, 5] = 7.0  # row (y) 2, column (x) 5
     pt = torch.tensor([[[5.5, 2.5]]])  # x = 5.5 m, y = 2.5 m: centre of that cell
@@ -175,19 +182,22 @@ def test_cmkd_hand_cases():
 
 
 def test_stereodistill_iou_gates_and_cld():
+    def iou(a, b):
+        return float(stereodistill.box_iou_3d(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)))
+
     g = [0.0, 0.0, 0.0, 4.0, 2.0, 1.0, 0.0]
-    assert stereodistill.iou3d(g, g) == pytest.approx(1.0)
-    assert stereodistill.iou3d(g, [1.0, 0, 0, 4, 2, 1, 0]) == pytest.approx(0.6)
+    assert iou(g, g) == pytest.approx(1.0)
+    assert iou(g, [1.0, 0, 0, 4, 2, 1, 0]) == pytest.approx(0.6)
     sq = [0.0, 0.0, 0.0, 2.0, 2.0, 1.0, 0.0]
     octagon = 8 * (math.sqrt(2) - 1)  # overlap of a 2 x 2 square and itself turned by 45 degrees
-    assert stereodistill.iou3d(sq, sq[:6] + [math.pi / 4]) == pytest.approx(octagon / (8 - octagon), rel=1e-6)
-    grid = BevGrid(x_min=0.0, y_min=0.0, cell=1.0, H=8, W=8)
+    assert iou(sq, sq[:6] + [math.pi / 4]) == pytest.approx(octagon / (8 - octagon), rel=1e-6)
+    grid = _grid(8)
     gt = torch.tensor([[0.5, 0.5, 0.0, math.log(4), math.log(2), 0.0, 0.0, 1.0, 1.0, 0.0]])
     te = gt.clone()
     te[0, 0] += 1.0  # location off by 1 m along the heading -> IoU 0.6 < 0.7: dropped
     te[0, 3] = math.log(4.2)  # size close -> kept
     te[0, 8] = 3.0  # velocity off by 2 m/s -> dropped
-    gates = stereodistill.component_gates(te, gt, torch.tensor([3 * 8 + 3]), grid)
+    gates = stereodistill.component_gates(te, gt, torch.tensor([3 * 8 + 3]), BoxCoder(grid))
     assert gates["loc"].tolist() == [False] and gates["size"].tolist() == [True]
     assert gates["rot"].tolist() == [True] and gates["vel"].tolist() == [False]
     zs = {"heatmap": torch.zeros(1, 2, 1, 1)}
@@ -237,7 +247,7 @@ def test_nearest_bev_iou_hand_values():
 
 
 def test_gaussian_box_mask_index_names_the_largest_gaussian():
-    grid = BevGrid(x_min=0.0, y_min=0.0, cell=1.0, H=16, W=16)
+    grid = _grid(16)
     boxes = torch.tensor([[3.5, 3.5, 0, 4.0, 4.0, 1, 0, 0, 0], [10.5, 10.5, 0, 6.0, 6.0, 1, 0, 0, 0]])
     G, idx = unidistill.gaussian_box_mask([boxes], grid, return_index=True)
     assert torch.equal(G, unidistill.gaussian_box_mask([boxes], grid))
@@ -248,7 +258,7 @@ def test_gaussian_box_mask_index_names_the_largest_gaussian():
 def test_unidistill_iou_channel_hand_case():
     """Teacher channel = 2 (IoU(teacher box, GT) - 0.5) over the mask; the response regression term averages the
     11 channels of a task; the IoU-aware loss pulls the student's channel to its own box's IoU."""
-    grid = BevGrid(x_min=0.0, y_min=0.0, cell=1.0, H=16, W=16)
+    grid = _grid(16)
     gt = torch.tensor([[8.5, 8.5, 0.5, 8.0, 4.0, 1.0, 0.0, 0.0, 0.0]])  # centre cell (8, 8), offset 0.5; radius 1
     G, idx = unidistill.gaussian_box_mask([gt], grid, return_index=True)
     assert float(G[0, 8, 9]) > 0

@@ -12,7 +12,8 @@ from labeldistill_ros import geometry as g
 from labeldistill_ros.model import StudentDetector, load_model_config
 from model_support import TORCHVISION_PARAMS, torchvision_resnet_keys
 from labeldistill_ros.model.backbone import ResNet
-from labeldistill_ros.model.decode import circle_nms, decode_detections, encode_boxes
+from labeldistill_ros.model.box_coder import BoxCoder
+from labeldistill_ros.model.decode import circle_nms, decode_detections
 from labeldistill_ros.model.depthnet import DeformConv2d
 from labeldistill_ros.model.export import example_inputs
 from labeldistill_ros.model.temporal import warp_bev
@@ -286,7 +287,7 @@ def test_previous_frames_forward(small_cfg):
 # ------------------------------------------------------------------------------------------------ decoding
 def fake_head_outputs(boxes, labels, cfg, logit=6.0):
     """Head outputs that contain exactly ``boxes`` (N, 9) with class ``labels`` as heatmap peaks."""
-    cells, code = encode_boxes(torch.tensor(boxes, dtype=torch.float32), cfg.bev_grid)
+    cells, code = BoxCoder(cfg.bev_grid).encode(torch.tensor(boxes, dtype=torch.float32))
     H, W = cfg.bev_grid.ny, cfg.bev_grid.nx
     outs = []
     for group in cfg.head.task_groups:
@@ -375,7 +376,6 @@ def reference_decode(head_outputs, cfg, dec):
     """The per-task decoding the batched one replaced (torch, one task at a time): top-k of the task's sigmoid
     heatmap, gather, threshold, post-centre range, greedy per-class circle NMS (:func:`greedy_reference`), then the
     ``max_detections`` best. Returns (boxes, scores, labels) sorted by descending score."""
-    from labeldistill_ros.model.decode import decode_code
     from labeldistill_ros.model.head import REG_BRANCHES
 
     kept = []
@@ -385,7 +385,7 @@ def reference_decode(head_outputs, cfg, dec):
         scores, idx = heat.reshape(-1).topk(min(dec.max_candidates_per_task, n_cls * H * W))
         pix = idx % (H * W)
         code = torch.cat([task[name].float()[0].reshape(c, H * W) for name, c in REG_BRANCHES])[:, pix].T
-        boxes = decode_code(code, pix % W, pix // W, cfg.bev_grid).double().numpy()
+        boxes = BoxCoder(cfg.bev_grid).decode(code, pix % W, pix // W).double().numpy()
         labels = np.array([cfg.class_names.index(group[i]) for i in (idx // (H * W)).tolist()])
         scores = scores.double().numpy()
         lo, hi = np.array(dec.post_center_range[:3]), np.array(dec.post_center_range[3:])

@@ -13,17 +13,18 @@ Public API::
     out = model(images[None], K[None], cam2ego[None], ida[None], torch.eye(4)[None])
     detections = model.decode(out.head_outputs)                        # per sample: boxes (M, 9), scores, labels
 """
+from .box_coder import BoxCoder
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from .config import ConfigError, ModelConfig, load_model_config, model_config_from_dict, model_config_to_dict
-from .decode import Detections, circle_nms, decode_code, encode_boxes
+from .decode import Detections, circle_nms
 from .export import export_student, load_exported, unflatten_head_outputs
 from .image_transform import ImageTransform, ImageTransformConfig
 from .student import StudentDetector, StudentOutput
 
 __all__ = [
-    "CheckpointError", "ConfigError", "Detections", "ImageTransform", "ImageTransformConfig", "ModelConfig",
+    "BoxCoder", "CheckpointError", "ConfigError", "Detections", "ImageTransform", "ImageTransformConfig", "ModelConfig",
     "StudentDetector", "StudentOutput",
-    "circle_nms", "decode_code", "encode_boxes", "export_student", "load_checkpoint", "load_exported",
+    "circle_nms", "export_student", "load_checkpoint", "load_exported",
     "load_model_config", "model_config_from_dict", "model_config_to_dict",
     "read_checkpoint", "save_checkpoint", "unflatten_head_outputs",
 ]

@@ -57,7 +57,14 @@ class DepthNetConfig:
 
 @dataclass(frozen=True)
 class BEVGridConfig:
-    """Ego-frame BEV grid: (min, max, step) in metres per axis; z must be a single bin."""
+    """The BEV grid, the one description of it used by the student, the box coder, the decoder, the training
+    targets and losses, the teacher and the label encoder.
+
+    ``x``, ``y``, ``z``: (min, max, step) in metres per axis of the ego frame (base_link: x forward, y left,
+    z up); z must be a single bin. Cell ``(ix, iy)`` covers ``[x_min + ix * step_x, x_min + (ix + 1) * step_x)``
+    and likewise in y; BEV maps are ``(..., ny, nx)``: row = y index, column = x index.
+    Reference: 128 x 128 cells of 0.8 m from (-51.2, -51.2).
+    """
 
     x: tuple[float, float, float] = (-51.2, 51.2, 0.8)
     y: tuple[float, float, float] = (-51.2, 51.2, 0.8)
@@ -65,11 +72,32 @@ class BEVGridConfig:
 
     @property
     def nx(self) -> int:
+        """Cells along x (columns of a BEV map)."""
         return round((self.x[1] - self.x[0]) / self.x[2])
 
     @property
     def ny(self) -> int:
+        """Cells along y (rows of a BEV map)."""
         return round((self.y[1] - self.y[0]) / self.y[2])
+
+    @property
+    def x_min(self) -> float:
+        """Metres: the x of the grid's first column's lower edge."""
+        return float(self.x[0])
+
+    @property
+    def y_min(self) -> float:
+        """Metres: the y of the grid's first row's lower edge."""
+        return float(self.y[0])
+
+    @property
+    def cell(self) -> float:
+        """Edge of a square cell in metres. The training code (Gaussian radii, label rasterisation, keypoint
+        sampling, teacher pillars) works in square cells; a grid whose x and y steps differ raises here."""
+        if not math.isclose(self.x[2], self.y[2], rel_tol=1e-9):
+            raise ValueError(f"bev_grid: x step {self.x[2]:g} m and y step {self.y[2]:g} m differ; the training code "
+                             "needs square cells: give both axes the same step")
+        return float(self.x[2])
 
 
 KEY_FRAME_INTERVAL_S = 0.5

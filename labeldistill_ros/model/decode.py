@@ -1,13 +1,8 @@
-"""Box coding on the BEV grid, CenterPoint decoding and per-class circle NMS.
+"""CenterPoint decoding and per-class circle NMS.
 
-Box code (10 values per object, the regression target of the head at the object's centre cell)::
-
-    [dx, dy, z, log l, log w, log h, sin yaw, cos yaw, vx, vy]
-
-with the centre cell ``(ix, iy) = floor((x - x_min) / cell_x), floor((y - y_min) / cell_y)`` and
-``(dx, dy)`` the centre's offset inside that cell in cells, in [0, 1). Decoding inverts it:
-``x = (ix + dx) * cell_x + x_min`` (BEVDepth/CenterPoint ``CenterPointBBoxCoder``).
-Boxes are ``(x, y, z, l, w, h, yaw, vx, vy)`` in the (BEV-augmented) ego frame of the input calibration.
+Boxes are decoded from the head's 10-value code by the one :class:`~labeldistill_ros.model.box_coder.BoxCoder`
+(its docstring holds the encoding, frames, units and the size clamp); boxes are ``(x, y, z, l, w, h, yaw, vx,
+vy)`` in the (BEV-augmented) ego frame of the input calibration.
 
 Decoding runs in two halves. On the model's device, one top-k over every task's heatmap and a gather of the
 regression code at the peaks (:func:`gather_candidates`: a few dozen tensor ops, static shapes, nothing waits for
@@ -24,6 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .box_coder import BoxCoder
 from .config import BEVGridConfig, DecodeConfig
 from .head import REG_BRANCHES
 
@@ -36,31 +32,6 @@ class Detections:
     boxes: torch.Tensor
     scores: torch.Tensor
     labels: torch.Tensor
-
-
-def encode_boxes(boxes: torch.Tensor, grid: BEVGridConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """``boxes (N, 9)`` -> (centre cells ``(N, 2)`` int64 as (ix, iy), codes ``(N, 10)``). Cells may fall
-    outside the grid; callers drop those."""
-    boxes = torch.as_tensor(boxes, dtype=torch.float32)
-    cx = (boxes[:, 0] - grid.x[0]) / grid.x[2]
-    cy = (boxes[:, 1] - grid.y[0]) / grid.y[2]
-    ix, iy = torch.floor(cx), torch.floor(cy)
-    code = torch.stack(
-        [cx - ix, cy - iy, boxes[:, 2], *torch.log(boxes[:, 3:6]).unbind(1),
-         torch.sin(boxes[:, 6]), torch.cos(boxes[:, 6]), boxes[:, 7], boxes[:, 8]],
-        dim=1,
-    )
-    return torch.stack([ix, iy], dim=1).long(), code
-
-
-def decode_code(code: torch.Tensor, ix: torch.Tensor, iy: torch.Tensor, grid: BEVGridConfig) -> torch.Tensor:
-    """Inverse of :func:`encode_boxes`: ``code (..., 10)``, cells ``(...)`` -> boxes ``(..., 9)``."""
-    code = code.float()
-    x = (ix.float() + code[..., 0]) * grid.x[2] + grid.x[0]
-    y = (iy.float() + code[..., 1]) * grid.y[2] + grid.y[0]
-    dims = torch.exp(code[..., 3:6])
-    yaw = torch.atan2(code[..., 6], code[..., 7])
-    return torch.cat([x[..., None], y[..., None], code[..., 2:3], dims, yaw[..., None], code[..., 8:10]], dim=-1)
 
 
 def gather_candidates(
@@ -105,7 +76,7 @@ def gather_candidates(
     logits, labels, pix = torch.stack(logits, 1), torch.stack(labels, 1), torch.stack(pixels, 1)  # (B, T, k)
     code = torch.stack(codes, dim=1).transpose(2, 3).float()  # (B, T, k, 10)
     finite = torch.isfinite(code).all(dim=-1) & torch.isfinite(logits)
-    boxes = decode_code(code, pix % W, pix // W, grid)  # (B, T, k, 9)
+    boxes = BoxCoder(grid).decode(code, pix % W, pix // W)  # (B, T, k, 9)
     out = torch.cat([boxes, torch.sigmoid(logits)[..., None], labels[..., None].float(), finite[..., None].float()],
                     dim=-1)
     return out.reshape(B, -1, len(CANDIDATE_COLUMNS))

@@ -30,9 +30,10 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
+from labeldistill_ros.model.config import BEVGridConfig
 from labeldistill_training.config import (CMKDConfig, LabelDistillConfig, StereoDistillConfig, UniDistillConfig)
 from labeldistill_training.losses.cmkd import CMKDLoss
-from labeldistill_training.losses.detection import BevGrid, heatmap_union
+from labeldistill_training.losses.detection import heatmap_union
 from labeldistill_training.losses.labeldistill import LabelDistillLoss
 from labeldistill_training.losses.stereodistill import StereoDistillLoss
 from labeldistill_training.losses.unidistill import UniDistillLoss
@@ -113,7 +114,7 @@ class UniDistillDistiller(nn.Module):
     needs_teacher = True
     needs_label_encoder = False
 
-    def __init__(self, student_channels: int, teacher_channels: int, grid: BevGrid, cfg: UniDistillConfig,
+    def __init__(self, student_channels: int, teacher_channels: int, grid: BEVGridConfig, cfg: UniDistillConfig,
                  feature_channels: Optional[int] = None, num_tasks: Optional[int] = None,
                  head_channels: int = 64):
         super().__init__()
@@ -166,7 +167,7 @@ class StereoDistillDistiller(nn.Module):
     needs_teacher = True
     needs_label_encoder = False
 
-    def __init__(self, student_channels: int, teacher_channels: int, grid: BevGrid, cfg: StereoDistillConfig):
+    def __init__(self, student_channels: int, teacher_channels: int, grid: BEVGridConfig, cfg: StereoDistillConfig):
         super().__init__()
         self.adaptor = nn.Conv2d(student_channels, teacher_channels, 1)
         self.loss = StereoDistillLoss(grid, cfg.xgd_weight, cfg.cld_weight, cfg.feature_weight, cfg.iou_thresh,
@@ -178,7 +179,7 @@ class StereoDistillDistiller(nn.Module):
 
 
 def build_distiller(method: str, student_channels: Sequence[int], teacher_encoder_channels: int,
-                    teacher_backbone_channels: Sequence[int], grid: BevGrid, labeldistill: LabelDistillConfig,
+                    teacher_backbone_channels: Sequence[int], grid: BEVGridConfig, labeldistill: LabelDistillConfig,
                     unidistill: UniDistillConfig, cmkd: CMKDConfig, stereodistill: StereoDistillConfig,
                     feature_channels: Optional[int] = None, num_tasks: Optional[int] = None,
                     head_channels: int = 64) -> nn.Module:

@@ -15,124 +15,116 @@ code and only its abstract was verified; every constant below is a choice of thi
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from labeldistill_training.losses.detection import (BevGrid, TaskTargets, concat_regression, gather_feat,
-                                                    heatmap_union)
+from labeldistill_ros.model.box_coder import BoxCoder
+from labeldistill_ros.model.config import BEVGridConfig
+from labeldistill_training.losses.detection import TaskTargets, concat_regression, gather_feat, heatmap_union
 
 COMPONENTS: dict[str, tuple[int, ...]] = {"loc": (0, 1, 2), "size": (3, 4, 5), "rot": (6, 7), "vel": (8, 9)}
+PILOT_BOX_COLUMNS: dict[str, tuple[int, ...]] = {"loc": (0, 1, 2), "size": (3, 4, 5), "rot": (6,)}
+"""Box columns ``(x, y, z, l, w, h, yaw)`` a pilot box takes from the teacher, per gated component."""
 
 
-def _rect(cx, cy, l, w, yaw):
-    c, s = math.cos(yaw), math.sin(yaw)
-    pts = []
-    for a, b in ((l / 2, w / 2), (-l / 2, w / 2), (-l / 2, -w / 2), (l / 2, -w / 2)):  # counter-clockwise
-        pts.append((cx + a * c - b * s, cy + a * s + b * c))
-    return pts
+def box_corners_bev(boxes: torch.Tensor) -> torch.Tensor:
+    """``(..., >=7)`` boxes -> ``(..., 4, 2)`` BEV corners (x, y), counter-clockwise, starting front-left."""
+    x, y, l, w, yaw = boxes[..., 0], boxes[..., 1], boxes[..., 3], boxes[..., 4], boxes[..., 6]
+    sl = boxes.new_tensor([1.0, -1.0, -1.0, 1.0]) * 0.5
+    sw = boxes.new_tensor([1.0, 1.0, -1.0, -1.0]) * 0.5
+    a, b = l[..., None] * sl, w[..., None] * sw
+    c, s = torch.cos(yaw)[..., None], torch.sin(yaw)[..., None]
+    return torch.stack([x[..., None] + a * c - b * s, y[..., None] + a * s + b * c], dim=-1)
 
 
-def _poly_area(p):
-    return 0.5 * abs(sum(p[i][0] * p[i - 1][1] - p[i - 1][0] * p[i][1] for i in range(len(p))))
+def _cross(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0]
 
 
-def _clip(subject, clip):
-    """Sutherland-Hodgman clipping of a polygon by a convex counter-clockwise polygon."""
-    out = subject
-    for i in range(len(clip)):
-        a, b = clip[i - 1], clip[i]
-        inp, out = out, []
-        if not inp:
-            break
-
-        def inside(p):
-            return (b[0] - a[0]) * (p[1] - a[1]) - (b[1] - a[1]) * (p[0] - a[0]) >= 0
-
-        def inter(p, q):
-            x1, y1, x2, y2 = a[0], a[1], b[0], b[1]
-            x3, y3, x4, y4 = p[0], p[1], q[0], q[1]
-            den = (x1 - x2) * (y3 - y4) - (y1 - y2) * (x3 - x4)
-            if abs(den) < 1e-12:
-                return q
-            t = ((x1 - x3) * (y3 - y4) - (y1 - y3) * (x3 - x4)) / den
-            return (x1 + t * (x2 - x1), y1 + t * (y2 - y1))
-
-        for j in range(len(inp)):
-            p, q = inp[j - 1], inp[j]
-            if inside(q):
-                if not inside(p):
-                    out.append(inter(p, q))
-                out.append(q)
-            elif inside(p):
-                out.append(inter(p, q))
-    return out
+def _boundary_inside(p: torch.Tensor, q: torch.Tensor, owner: bool) -> torch.Tensor:
+    """Green's-theorem integral ``1/2 sum (x dy - y dx)`` over the parts of convex CCW polygon ``p``'s edges that lie
+    inside convex CCW polygon ``q``; ``p, q (..., 4, 2)`` -> ``(...)``. Each edge is clipped against the four
+    half-planes of ``q`` (Cyrus-Beck). An edge on an edge line of ``q`` (parallel within 1e-10 rad, within 1 nm)
+    is kept only when ``owner`` and the two edges run the same way, so a boundary piece shared by both polygons is
+    counted once and the shared boundary of touching polygons (opposite directions) not at all."""
+    p0 = p[..., :, None, :]  # (..., i, 1, 2): edge i of p from p0 to p0 + d
+    d = (torch.roll(p, -1, dims=-2) - p)[..., :, None, :]
+    q0 = q[..., None, :, :]  # (..., 1, k, 2): edge k of q
+    e = (torch.roll(q, -1, dims=-2) - q)[..., None, :, :]
+    n0 = _cross(e, p0 - q0)  # f(t) = n0 + t den >= 0: inside edge k's half-plane (|e| x signed distance)
+    den = _cross(e, d)
+    e_len = torch.linalg.vector_norm(e, dim=-1)
+    parallel = den.abs() <= 1e-10 * e_len * torch.linalg.vector_norm(d, dim=-1)
+    on_line = n0.abs() <= 1e-9 * e_len
+    t = -n0 / torch.where(parallel, torch.ones_like(den), den)
+    lo = torch.where(~parallel & (den > 0), t, torch.zeros_like(t)).amax(-1).clamp(min=0.0)
+    hi = torch.where(~parallel & (den < 0), t, torch.ones_like(t)).amin(-1).clamp(max=1.0)
+    inside = (n0 > 0) & ~on_line
+    if owner:
+        inside |= on_line & ((d * e).sum(-1) > 0)
+    ok = (~parallel | inside).all(-1) & (hi > lo)
+    seg = torch.where(ok, (hi - lo) * _cross(p0[..., 0, :], d[..., 0, :]), torch.zeros_like(hi))
+    return 0.5 * seg.sum(-1)
 
 
-def iou3d(a: Sequence[float], b: Sequence[float]) -> float:
-    """3D IoU of two boxes ``(x, y, z, l, w, h, yaw)`` (rotated BEV polygon intersection x height overlap)."""
-    pa, pb = _rect(a[0], a[1], a[3], a[4], a[6]), _rect(b[0], b[1], b[3], b[4], b[6])
-    inter_bev = _poly_area(_clip(pa, pb)) if len(pa) else 0.0
-    dz = max(0.0, min(a[2] + a[5] / 2, b[2] + b[5] / 2) - max(a[2] - a[5] / 2, b[2] - b[5] / 2))
-    inter = inter_bev * dz
-    va, vb = a[3] * a[4] * a[5], b[3] * b[4] * b[5]
-    return inter / max(va + vb - inter, 1e-9)
+def box_iou_3d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Element-wise exact 3D IoU of boxes ``a, b (..., >=7) = (x, y, z, l, w, h, yaw)`` (broadcast; metres,
+    radians, z the geometric centre): rotated BEV intersection area x height overlap over the union volume,
+    ``(...)`` in the inputs' dtype.
+
+    The BEV intersection of the two rectangles is the area enclosed by the parts of each one's edges inside the
+    other (Green's theorem over clipped edges, :func:`_boundary_inside`), computed in float64 about ``a``'s centre:
+    no polygon lists, no loop over boxes. Degenerate boxes (zero size) give 0; the union is floored at 1e-9 m^3."""
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    a, b = torch.broadcast_tensors(a[..., :7].double(), b[..., :7].double())
+    origin = torch.cat([a[..., :2], torch.zeros_like(a[..., 2:])], -1)
+    pa, pb = box_corners_bev(a - origin), box_corners_bev(b - origin)
+    inter_bev = (_boundary_inside(pa, pb, owner=True) + _boundary_inside(pb, pa, owner=False)).clamp(min=0.0)
+    top = torch.minimum(a[..., 2] + a[..., 5] / 2, b[..., 2] + b[..., 5] / 2)
+    bottom = torch.maximum(a[..., 2] - a[..., 5] / 2, b[..., 2] - b[..., 5] / 2)
+    inter = inter_bev * (top - bottom).clamp(min=0.0)
+    union = a[..., 3] * a[..., 4] * a[..., 5] + b[..., 3] * b[..., 4] * b[..., 5] - inter
+    return (inter / union.clamp(min=1e-9)).to(dtype)
 
 
-def decode_reg(r: torch.Tensor, ind: torch.Tensor, grid: BevGrid) -> torch.Tensor:
-    """``(M, 10)`` regression at cell indices ``ind (M,)`` -> ``(M, 9)`` boxes (metres, radians)."""
-    col = (ind % grid.W).float()
-    row = torch.div(ind, grid.W, rounding_mode="floor").float()
-    x = (col + r[:, 0]) * grid.cell + grid.x_min
-    y = (row + r[:, 1]) * grid.cell + grid.y_min
-    dims = r[:, 3:6].clamp(max=6.0).exp()
-    yaw = torch.atan2(r[:, 6], r[:, 7])
-    return torch.cat([x[:, None], y[:, None], r[:, 2:3], dims, yaw[:, None], r[:, 8:10]], 1)
-
-
-def component_gates(teacher_reg: torch.Tensor, gt_reg: torch.Tensor, ind: torch.Tensor, grid: BevGrid,
+def component_gates(teacher_reg: torch.Tensor, gt_reg: torch.Tensor, ind: torch.Tensor, coder: BoxCoder,
                     iou_thresh: float = 0.7, vel_thresh: float = 1.0) -> dict[str, torch.Tensor]:
-    """Per object and component, whether the teacher's component is kept (bool ``(M,)`` per component)."""
-    tb = decode_reg(teacher_reg.float(), ind, grid).tolist()
-    gb = decode_reg(gt_reg.float(), ind, grid).tolist()
-    idx_box = {"loc": (0, 1, 2), "size": (3, 4, 5), "rot": (6,)}
-    gates = {k: [] for k in COMPONENTS}
-    for t, g in zip(tb, gb):
-        for comp, idx in idx_box.items():
-            pilot = list(g)
-            for i in idx:
-                pilot[i] = t[i]
-            gates[comp].append(iou3d(pilot, g) >= iou_thresh)
-        gates["vel"].append(math.hypot(t[7] - g[7], t[8] - g[8]) <= vel_thresh)
-    return {k: torch.tensor(v, dtype=torch.bool, device=teacher_reg.device) for k, v in gates.items()}
+    """Per object and component, whether the teacher's component is kept (bool ``(M,)`` per component).
+
+    ``teacher_reg, gt_reg (M, 10)`` codes at flattened cells ``ind (M,)``, decoded by ``coder``. loc/size/rot:
+    ``IoU3D(pilot, GT) >= iou_thresh`` with the pilot the GT box carrying the teacher's component; vel:
+    ``|v_t - v_gt| <= vel_thresh`` m/s. All objects and components in one batched IoU."""
+    tb = coder.decode_at(teacher_reg.float(), ind)
+    gb = coder.decode_at(gt_reg.float(), ind)
+    pilots = gb[None].repeat(len(PILOT_BOX_COLUMNS), 1, 1)  # (3, M, 9)
+    for i, cols in enumerate(PILOT_BOX_COLUMNS.values()):
+        pilots[i, :, list(cols)] = tb[:, list(cols)]
+    iou = box_iou_3d(pilots, gb[None])
+    gates = {comp: iou[i] >= iou_thresh for i, comp in enumerate(PILOT_BOX_COLUMNS)}
+    gates["vel"] = torch.hypot(tb[:, 7] - gb[:, 7], tb[:, 8] - gb[:, 8]) <= vel_thresh
+    return gates
 
 
-def xgd_loss(student_heads, teacher_heads, targets: Sequence[TaskTargets], grid: BevGrid, iou_thresh: float = 0.7,
-             vel_thresh: float = 1.0, beta: float = 1.0 / 9.0) -> tuple[torch.Tensor, float]:
-    """Component-gated regression distillation; returns ``(loss, fraction of kept components)``."""
-    total = 0.0
-    n_obj = 0
-    kept = 0
-    count = 0
-    for s, t, tgt in zip(student_heads, teacher_heads, targets):
-        rs = gather_feat(concat_regression(s).float(), tgt.ind)[tgt.mask]
-        rt = gather_feat(concat_regression(t).float(), tgt.ind)[tgt.mask].detach()
-        g = torch.nan_to_num(tgt.box[tgt.mask])
-        ind = tgt.ind[tgt.mask]
-        if rs.shape[0] == 0:
-            total = total + rs.sum() * 0.0
-            continue
-        gates = component_gates(rt, g, ind, grid, iou_thresh, vel_thresh)
-        w = torch.zeros_like(rs)
-        for comp, cols in COMPONENTS.items():
-            w[:, list(cols)] = gates[comp].float()[:, None]
-            kept += int(gates[comp].sum())
-            count += int(gates[comp].numel())
-        total = total + (F.smooth_l1_loss(rs, rt, reduction="none", beta=beta) * w).sum()
-        n_obj += rs.shape[0]
-    return total / max(1, n_obj), kept / max(1, count)
+def xgd_loss(student_heads, teacher_heads, targets: Sequence[TaskTargets], coder: BoxCoder, iou_thresh: float = 0.7,
+             vel_thresh: float = 1.0, beta: float = 1.0 / 9.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Component-gated regression distillation over all task groups at once; returns ``(loss, fraction of kept
+    components)`` (both 0-d tensors: nothing here waits for the device but the one masked selection)."""
+    rs = torch.cat([gather_feat(concat_regression(s).float(), t.ind) for s, t in zip(student_heads, targets)], 1)
+    rt = torch.cat([gather_feat(concat_regression(h).float(), t.ind) for h, t in zip(teacher_heads, targets)], 1)
+    mask = torch.cat([t.mask for t in targets], 1)
+    rs, rt = rs[mask], rt[mask].detach()
+    g = torch.nan_to_num(torch.cat([t.box for t in targets], 1)[mask])
+    ind = torch.cat([t.ind for t in targets], 1)[mask]
+    gates = component_gates(rt, g, ind, coder, iou_thresh, vel_thresh)
+    w = torch.zeros_like(rs)
+    for comp, cols in COMPONENTS.items():
+        w[:, list(cols)] = gates[comp].float()[:, None]
+    total = (F.smooth_l1_loss(rs, rt, reduction="none", beta=beta) * w).sum()
+    kept = torch.stack([gates[c].sum() for c in COMPONENTS]).sum()
+    n_obj = rs.shape[0]
+    return total / max(1, n_obj), (kept.float() / max(1, n_obj * len(COMPONENTS))).detach()
 
 
 def cld_loss(student_heads, teacher_heads, fg_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -149,15 +141,16 @@ def cld_loss(student_heads, teacher_heads, fg_mask: torch.Tensor, temperature: f
 class StereoDistillLoss:
     """Reconstructed StereoDistill losses: XGD (1.0), CLD (1.0, T = 1), foreground feature imitation (1.0)."""
 
-    def __init__(self, grid: BevGrid, xgd_weight: float = 1.0, cld_weight: float = 1.0, feature_weight: float = 1.0,
+    def __init__(self, grid: BEVGridConfig, xgd_weight: float = 1.0, cld_weight: float = 1.0, feature_weight: float = 1.0,
                  iou_thresh: float = 0.7, vel_thresh: float = 1.0, temperature: float = 1.0) -> None:
         self.grid = grid
+        self.coder = BoxCoder(grid)  # log-sizes clamped at 6 (403 m) as the runtime decoder
         self.w_xgd, self.w_cld, self.w_feat = xgd_weight, cld_weight, feature_weight
         self.iou, self.vel, self.T = iou_thresh, vel_thresh, temperature
 
     def __call__(self, student_bev, teacher_bev, student_heads, teacher_heads, targets) -> tuple[torch.Tensor, dict]:
         fg = heatmap_union(targets)
-        xgd, frac = xgd_loss(student_heads, teacher_heads, targets, self.grid, self.iou, self.vel)
+        xgd, _ = xgd_loss(student_heads, teacher_heads, targets, self.coder, self.iou, self.vel)
         parts = {"xgd": self.w_xgd * xgd, "cld": self.w_cld * cld_loss(student_heads, teacher_heads, fg, self.T)}
         if self.w_feat > 0:
             m = (fg > 0).float()[:, None]

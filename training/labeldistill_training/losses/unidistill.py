@@ -27,8 +27,13 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from labeldistill_training.losses.detection import (BevGrid, clip_sigmoid, concat_regression, draw_heatmap_gaussian,
-                                                    gather_feat, gaussian_radius)
+from labeldistill_ros.model.box_coder import BoxCoder
+from labeldistill_ros.model.config import BEVGridConfig
+from labeldistill_training.losses.detection import (clip_sigmoid, concat_regression, gather_feat, gaussian_radius,
+                                                    splat_gaussians)
+
+IOU_TARGET_LOG_SIZE_RANGE = (math.log(1e-3), math.log(30.0))
+"""The reference's size clamp of the boxes its IoU target is computed on: [1 mm, 30 m]."""
 
 
 def box_keypoints(boxes: torch.Tensor) -> torch.Tensor:
@@ -42,7 +47,7 @@ def box_keypoints(boxes: torch.Tensor) -> torch.Tensor:
     return torch.stack([x[:, None] + a * c - b * s, y[:, None] + a * s + b * c], dim=-1)
 
 
-def sample_keypoints(feat: torch.Tensor, kp_xy: torch.Tensor, grid: BevGrid, transpose_bug: bool = False) -> torch.Tensor:
+def sample_keypoints(feat: torch.Tensor, kp_xy: torch.Tensor, grid: BEVGridConfig, transpose_bug: bool = False) -> torch.Tensor:
     """Bilinear features at keypoints. ``feat (C, H, W)`` (rows = y), ``kp_xy (N, K, 2)`` metres -> ``(N, K, C)``."""
     C, H, W = feat.shape
     u = (kp_xy[..., 0] - grid.x_min) / grid.cell  # column coordinate, cell edges at integers
@@ -70,28 +75,30 @@ def keypoint_relation_loss(fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
     return (rs - rt).abs().mean(dim=(1, 2)).sum()
 
 
-def gaussian_box_mask(gt_boxes: Sequence[torch.Tensor], grid: BevGrid, min_overlap: float = 0.7,
+def gaussian_box_mask(gt_boxes: Sequence[torch.Tensor], grid: BEVGridConfig, min_overlap: float = 0.7,
                       return_index: bool = False):
-    """``(B, H, W)`` element-wise max of per-box Gaussians (radius >= 0, sigma = (2r+1)/6) at the integer centre.
+    """``(B, H, W)`` element-wise max of per-box Gaussians (radius ``max(0, int(r))``, sigma = (2r+1)/6) at the
+    integer centre cell, for the boxes whose centre is on the grid (all boxes at once, :func:`splat_gaussians`).
 
     ``return_index``: also return ``(B, H, W)`` long, the index (into the sample's ``gt_boxes``) of the box whose
     Gaussian gives the cell its value (the first such box on ties), -1 where the mask is 0."""
     dev = gt_boxes[0].device if len(gt_boxes) else torch.device("cpu")
-    G = torch.zeros(len(gt_boxes), grid.H, grid.W, device=dev)
-    idx = torch.full((len(gt_boxes), grid.H, grid.W), -1, dtype=torch.long, device=dev)
-    for b, boxes in enumerate(gt_boxes):
-        for j, bx in enumerate(boxes.tolist()):
-            cx, cy = (bx[0] - grid.x_min) / grid.cell, (bx[1] - grid.y_min) / grid.cell
-            if not (0 <= cx < grid.W and 0 <= cy < grid.H):
-                continue
-            r = max(0, int(gaussian_radius(bx[3] / grid.cell, bx[4] / grid.cell, min_overlap)))
-            if return_index:
-                before = G[b].clone()
-                draw_heatmap_gaussian(G[b], (int(cx), int(cy)), r)
-                idx[b][G[b] > before] = j
-            else:
-                draw_heatmap_gaussian(G[b], (int(cx), int(cy)), r)
-    return (G, idx) if return_index else G
+    coder = BoxCoder(grid)
+    counts = [int(b.shape[0]) for b in gt_boxes]
+    empty = torch.zeros(0, dtype=torch.long, device=dev)
+    boxes = torch.cat([b[:, :7].float() for b in gt_boxes] + [torch.zeros(0, 7, device=dev)])
+    sample = torch.cat([torch.full((n,), b, dtype=torch.long, device=dev) for b, n in enumerate(counts)] + [empty])
+    j = torch.cat([torch.arange(n, device=dev) for n in counts] + [empty])
+    cells = torch.floor(coder.centre_cells(boxes))
+    cells = torch.where(torch.isfinite(cells), cells, torch.full_like(cells, -1.0)).long()
+    r = gaussian_radius(boxes[:, 3].double() / coder.cell_x, boxes[:, 4].double() / coder.cell_y, min_overlap)
+    radius = r.nan_to_num(0.0).trunc().long().clamp(min=0)
+    out = splat_gaussians(len(gt_boxes), coder.ny, coder.nx, sample, cells, radius, coder.inside(cells),
+                          return_index)
+    if not return_index:
+        return out
+    G, idx = out
+    return G, torch.where(idx >= 0, j[idx.clamp(min=0)] if j.numel() else idx, idx)
 
 
 def limit_period(val: torch.Tensor, offset: float = 0.5, period: float = math.pi) -> torch.Tensor:
@@ -118,23 +125,16 @@ def nearest_bev_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / union.clamp(min=1e-6)
 
 
-def boxes_from_code(code: torch.Tensor, col: torch.Tensor, row: torch.Tensor, grid: BevGrid) -> torch.Tensor:
+def boxes_from_code(code: torch.Tensor, col: torch.Tensor, row: torch.Tensor, grid: BEVGridConfig) -> torch.Tensor:
     """BEV boxes ``(..., 5) = (x, y, l, w, yaw)`` in metres from 10-d box codes ``(..., 10)`` at cells ``(col, row)``
-    (broadcastable to ``code[..., 0]``), decoded by the runtime's box coder
-    (:func:`labeldistill_ros.model.decode.decode_code`); sizes clamped to [0.001, 30] m as the reference."""
-    from labeldistill_ros.model.config import BEVGridConfig
-    from labeldistill_ros.model.decode import decode_code
-
-    g = BEVGridConfig(x=(grid.x_min, grid.x_min + grid.W * grid.cell, grid.cell),
-                      y=(grid.y_min, grid.y_min + grid.H * grid.cell, grid.cell))
-    col, row = torch.broadcast_tensors(col, row, code[..., 0])[:2]
-    boxes = decode_code(code, col, row, g)
-    return torch.stack([boxes[..., 0], boxes[..., 1], boxes[..., 3].clamp(0.001, 30.0),
-                        boxes[..., 4].clamp(0.001, 30.0), boxes[..., 6]], dim=-1)
+    (broadcastable to ``code[..., 0]``), decoded by the runtime's :class:`BoxCoder` with the reference's size
+    clamp for this target, [1 mm, 30 m] (:data:`IOU_TARGET_LOG_SIZE_RANGE`)."""
+    boxes = BoxCoder(grid, log_size_range=IOU_TARGET_LOG_SIZE_RANGE).decode(code, col, row)
+    return boxes[..., [0, 1, 3, 4, 6]]
 
 
 def teacher_iou_channel(teacher_heads: Sequence[dict], gt_boxes: Sequence[torch.Tensor], box_index: torch.Tensor,
-                        grid: BevGrid) -> list[torch.Tensor]:
+                        grid: BEVGridConfig) -> list[torch.Tensor]:
     """Per task ``(B, 1, H, W)``: ``2 (IoU_bev(teacher box decoded at the cell, GT box of the cell) - 0.5)``,
     0 where no GT box covers the cell (``box_index`` -1, from :func:`gaussian_box_mask`)."""
     B, H, W = box_index.shape
@@ -158,7 +158,8 @@ def teacher_iou_channel(teacher_heads: Sequence[dict], gt_boxes: Sequence[torch.
     return out
 
 
-def iou_aware_loss(student_heads: Sequence[dict], student_iou: Sequence[torch.Tensor], targets, grid: BevGrid) -> torch.Tensor:
+def iou_aware_loss(student_heads: Sequence[dict], student_iou: Sequence[torch.Tensor], targets,
+                   grid: BEVGridConfig) -> torch.Tensor:
     """CenterHeadIouAware's IoU-aware loss, summed over tasks: at each GT centre cell, ``|iou_pred - 2 (IoU_bev(
     student box, GT box) - 0.5)|`` (target detached), normalised by the object count (``+ 1e-4``)."""
     total = student_iou[0].new_zeros(()).float() if len(student_iou) else torch.zeros(())
@@ -208,7 +209,7 @@ class UniDistillLoss:
     the student's channel is added as part ``iou_aware`` (weight ``iou_aware_weight``).
     """
 
-    def __init__(self, grid: BevGrid, feature_weight: float = 100.0, relation_weight: float = 40.0,
+    def __init__(self, grid: BEVGridConfig, feature_weight: float = 100.0, relation_weight: float = 40.0,
                  response_weight: float = 10.0, teacher_temperature: float = 2.0, transpose_bug: bool = False,
                  mask_min_overlap: float = 0.7, iou_aware_weight: float = 1.0) -> None:
         self.grid = grid

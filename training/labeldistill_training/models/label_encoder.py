@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from labeldistill_training.losses.detection import BevGrid
+from labeldistill_ros.model.config import BEVGridConfig
 
 
 def _cells_in_polygon(poly: torch.Tensor, cols: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -43,7 +43,7 @@ def _cells_in_polygon(poly: torch.Tensor, cols: torch.Tensor, rows: torch.Tensor
     return inside | on_edge
 
 
-def rasterize_labels(boxes: torch.Tensor, labels: torch.Tensor, grid: BevGrid, num_classes: int = 10,
+def rasterize_labels(boxes: torch.Tensor, labels: torch.Tensor, grid: BEVGridConfig, num_classes: int = 10,
                      footprint_scale: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rasterise one sample's GT (methods.md §2.3).
 
@@ -55,7 +55,7 @@ def rasterize_labels(boxes: torch.Tensor, labels: torch.Tensor, grid: BevGrid, n
     Returns:
         ``box_map (9, H, W)``, ``label_map (num_classes, H, W)``, ``mask (H, W)`` float tensors.
     """
-    H, W = grid.H, grid.W
+    H, W = grid.ny, grid.nx
     dev = boxes.device
     box_map = torch.zeros(9, H, W, device=dev)
     label_map = torch.zeros(num_classes, H, W, device=dev)
@@ -90,7 +90,7 @@ def rasterize_labels(boxes: torch.Tensor, labels: torch.Tensor, grid: BevGrid, n
     return box_map, label_map, mask
 
 
-def rasterize_batch(gt_boxes: Sequence[torch.Tensor], gt_labels: Sequence[torch.Tensor], grid: BevGrid,
+def rasterize_batch(gt_boxes: Sequence[torch.Tensor], gt_labels: Sequence[torch.Tensor], grid: BEVGridConfig,
                     num_classes: int = 10, footprint_scale: float = 0.5):
     """Batched :func:`rasterize_labels` -> ``box (B, 9, H, W)``, ``label (B, C, H, W)``, ``mask (B, H, W)``."""
     outs = [rasterize_labels(b, l, grid, num_classes, footprint_scale) for b, l in zip(gt_boxes, gt_labels)]
