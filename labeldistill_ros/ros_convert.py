@@ -7,7 +7,7 @@ Reading works on anything with the message's fields (rclpy messages, ``rosbags``
 mapping (``'geometry_msgs/msg/TransformStamped' -> class``), so the bag tools build bag messages without rclpy.
 This module imports neither rclpy nor OpenCV at import time.
 
-Units and frames (``geometry.py`` holds the project's conventions):
+Units and frames (:mod:`labeldistill_ros.geometry` holds the project's conventions):
 
 * stamps: ``builtin_interfaces/Time`` (``sec`` int32, ``nanosec`` in [0, 1e9)) <-> integer nanoseconds
   (``stamp_ns``) of the same clock (ROS time, or the dataset time in a bag);
