@@ -5,8 +5,8 @@
 
 Conventions (``docs/node.md``, :mod:`labeldistill_ros.geometry`): boxes are in ``frame_id`` (the node's
 ``target_frame``, x forward, y left, z up, metres); ``header.stamp`` is the source camera set's stamp, never
-``now()``; ``bbox.center`` is the geometric centre with the heading as a yaw quaternion; ``bbox.size`` = (l, w, h) (x along the heading);
-``results[0].hypothesis.class_id`` is the nuScenes detection name and ``score`` in [0, 1];
+``now()``; ``bbox.center`` is the geometric centre with the heading as a yaw quaternion; ``bbox.size`` = (l, w, h)
+(x along the heading); ``results[0].hypothesis.class_id`` is the nuScenes detection name and ``score`` in [0, 1];
 ``results[0].pose.pose`` repeats the box pose.
 """
 from __future__ import annotations
