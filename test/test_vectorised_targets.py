@@ -130,10 +130,10 @@ def _clip(subject, clip):
         if not inp:
             break
 
-        def inside(p):
+        def inside(p, a=a, b=b):
             return (b[0] - a[0]) * (p[1] - a[1]) - (b[1] - a[1]) * (p[0] - a[0]) >= 0
 
-        def inter(p, q):
+        def inter(p, q, a=a, b=b):
             x1, y1, x2, y2 = a[0], a[1], b[0], b[1]
             x3, y3, x4, y4 = p[0], p[1], q[0], q[1]
             den = (x1 - x2) * (y3 - y4) - (y1 - y2) * (x3 - x4)
