@@ -157,8 +157,10 @@ def main(argv=None) -> int:
     import torch
 
     from labeldistill_training.config import load_train_config
-    from labeldistill_training.trainer import (Trainer, batch_to, load_checkpoint, seed_everything,
-                                               trainable_state_from_checkpoint)
+    from labeldistill_ros.model.checkpoint import read_payload
+    from labeldistill_training.batch import batch_to
+    from labeldistill_training.checkpoints import trainable_state_from_checkpoint
+    from labeldistill_training.trainer import Trainer, seed_everything
 
     t0 = time.perf_counter()
     device = parse_device(args.device)
@@ -167,7 +169,7 @@ def main(argv=None) -> int:
     base = base_overrides(data, work, args.batch_size, args.seed)
     shared = ensure_shared(Path(args.config), base, work, args.teacher_epochs, args.label_encoder_epochs,
                            args.max_iters, device)
-    ckpt = load_checkpoint(Path(args.checkpoint), "student") if args.checkpoint else None
+    ckpt = read_payload(Path(args.checkpoint), "student") if args.checkpoint else None
 
     results: dict = {}
     group_sizes: dict = {}

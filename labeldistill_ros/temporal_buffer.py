@@ -2,7 +2,7 @@
 
 A temporal student (``temporal.num_prev_frames`` = T > 0) takes, besides the current cameras, the BEV features of
 T earlier camera sets, ``temporal.effective_offsets_s`` seconds before the current one (most recent first). In
-training (:func:`labeldistill_training.trainer.student_inputs`) each previous set is lifted in its *own* key ego
+training (:func:`labeldistill_training.batch.student_inputs`) each previous set is lifted in its *own* key ego
 frame and warped into the current ego frame with ``prev2curr``; the node does the same without lifting anything
 twice:
 

@@ -48,7 +48,8 @@ def test_probe_groups_and_per_term_gradients():
     from labeldistill_ros.model.config import load_model_config
     from labeldistill_training.losses.depth import DepthLoss
     from labeldistill_training.losses.detection import CenterPointLoss, CenterPointTargetAssigner
-    from labeldistill_training.trainer import StudentStage, bev_grid, build_student, task_class_ids
+    from labeldistill_training.builders import bev_grid, build_student, task_class_ids
+    from labeldistill_training.stages import StudentStage
     from test_distill import _batch
 
     torch.manual_seed(0)

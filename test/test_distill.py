@@ -13,8 +13,9 @@ from labeldistill_training.distill import LabelDistillDistiller, build_distiller
 from labeldistill_training.losses.depth import DepthLoss
 from labeldistill_training.losses.detection import CenterPointLoss, CenterPointTargetAssigner
 from labeldistill_training.models.adaptors import partition_slices
-from labeldistill_training.trainer import (Frozen, StudentStage, bev_grid, build_label_encoder, build_student,
-                                           build_teacher, distiller_for, task_class_ids)
+from labeldistill_training.builders import (bev_grid, build_label_encoder, build_student, build_teacher, distiller_for,
+                                            task_class_ids)
+from labeldistill_training.stages import Frozen, StudentStage
 from labeldistill_ros.model.config import load_model_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,7 +120,7 @@ def test_labeldistill_partition_feeds_adaptors():
 
 
 def test_cmkd_unlabeled_samples_train_from_the_teacher_alone(student_and_batch):
-    from labeldistill_training.trainer import is_unlabeled
+    from labeldistill_training.batch import is_unlabeled
 
     cfg = _cfg("cmkd")
     mcfg = load_model_config(cfg.model_config)

@@ -143,7 +143,7 @@ def test_the_dataset_and_the_node_give_the_same_tensor_on_the_real_key_frame(rea
     from labeldistill_training.config import train_config_from_dict
     from labeldistill_training.data.config import preset
     from labeldistill_training.data.dataset import NuScenesDataset
-    from labeldistill_training.trainer import with_data_image_transform
+    from labeldistill_training.stage_data import with_data_image_transform
     from node_support import CPU_CONFIG
 
     for aug in ({}, {"test_resize": 1.1, "bot_pct_lim": [0.0, 0.3]}):

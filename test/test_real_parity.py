@@ -48,7 +48,8 @@ def overfitted(real_mini_root, tmp_path_factory):  # noqa: F811
     """Student overfitted on the real key frame by the trainer's stage; the trainer's own predictions."""
     from labeldistill_ros.model import save_checkpoint
     from labeldistill_training.config import train_config_from_dict
-    from labeldistill_training.trainer import Trainer, batch_to
+    from labeldistill_training.batch import batch_to
+    from labeldistill_training.trainer import Trainer
 
     out = tmp_path_factory.mktemp("real_overfit")
     cfg = train_config_from_dict({

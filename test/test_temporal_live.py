@@ -50,7 +50,7 @@ def trainer_path(root, version, checkpoint) -> dict[int, tuple[np.ndarray, list[
     from labeldistill_training.data.collate import collate_batch
     from labeldistill_training.data.config import preset
     from labeldistill_training.data.dataset import NuScenesDataset
-    from labeldistill_training.trainer import student_inputs
+    from labeldistill_training.batch import student_inputs
 
     model = load_checkpoint(checkpoint)
     dc = preset("small_128x352", str(root), version=version, load_points=False, prev_key_offsets=(-1,))

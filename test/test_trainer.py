@@ -1,5 +1,7 @@
-"""Trainer mechanics: bad configs name their key, LR schedule, EMA, atomic checkpoints, resume after a kill
-mid-epoch equals an uninterrupted run, and a two-process gloo DDP run via torchrun."""
+"""Trainer mechanics: bad configs (the data section included) name their key before any network is built, the
+lr schedule and EMA (torch's MultiStepLR / AveragedModel with BEVDepth's ramp), atomic checkpoints, a run killed
+mid-epoch and one stopped by trainer.max_steps both resume to the uninterrupted result, and a two-process gloo DDP
+run via torchrun."""
 from __future__ import annotations
 
 import os
@@ -10,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from labeldistill_ros.model.checkpoint import CheckpointError, atomic_save, read_payload
 from labeldistill_training.config import TrainConfigError, load_train_config, train_config_from_dict
-from labeldistill_training.ema import ModelEMA
-from labeldistill_training.trainer import KILL_ENV, atomic_save, load_checkpoint
+from labeldistill_training.ema import ema_model, ema_updates, load_ema_state
 
 TEST_DIR = Path(__file__).resolve().parent
 REPO = TEST_DIR.parent
@@ -21,7 +23,6 @@ HELPER = TEST_DIR / "trainer_helpers.py"
 
 def _env(**kw):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop(KILL_ENV, None)
     env.update({k: str(v) for k, v in kw.items()})
     return env
 
@@ -60,54 +61,158 @@ def test_stage_defaults_and_partial_override():
     assert cfg.stages.label_encoder.lr == 1e-3 and cfg.stages.label_encoder.milestones == (10, 11)
 
 
-def test_ema_ramp_and_atomic_checkpoint(tmp_path):
-    m = torch.nn.Linear(2, 1)
-    ema = ModelEMA(m, decay=0.5, ramp=0.0)
+def test_bad_data_field_fails_at_load_before_any_network(tmp_path, monkeypatch):
+    """The data section is a typed DataConfig checked with the rest of the file (key path and fix in the message);
+    whether it fits the model is checked when the Trainer is created, before any network is built."""
+    import labeldistill_training.trainer as trainer_module
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a network was built before the data section was checked")
+
+    monkeypatch.setattr(trainer_module, "build_stage", no_network)
+    small = REPO / "config/train/cpu_small.yaml"
+    with pytest.raises(TrainConfigError, match=r"cpu_small\.yaml: 'data\.depth\.stride' must be >= 1 pixels"):
+        load_train_config(small, {"data": {"depth": {"stride": 0}}})
+    with pytest.raises(TrainConfigError, match=r"unknown key 'data\.image_augs'; did you mean 'data\.image_aug'"):
+        load_train_config(small, {"data": {"image_augs": {}}})
+    with pytest.raises(TrainConfigError, match=r"'data\.bev_aug\.flip_x_prob' must be a probability in \[0, 1\]"):
+        load_train_config(small, {"data": {"bev_aug": {"flip_x_prob": 1.5}}})
+    with pytest.raises(TrainConfigError, match=r"'data\.lidar_sweeps' must be an integer"):
+        load_train_config(small, {"data": {"lidar_sweeps": "two"}})
+    assert load_train_config(small).data.image_aug.final_dim == (128, 352)  # typed, not a dict
+    cfg = load_train_config(small, {"data": {"image_aug": {"final_dim": [256, 704]}},
+                                    "trainer": {"work_dir": str(tmp_path)}})
+    with pytest.raises(ValueError, match=r"data\.image_aug\.final_dim \[256, 704\] != the model's input_size "
+                                         r"\[128, 352\]: make them equal"):
+        trainer_module.Trainer(cfg, "teacher")
+
+
+def test_ema_is_bevdepth_ramp_on_averaged_model():
+    """AveragedModel + the ramped multi_avg_fn: the k-th update uses decay * (1 - exp(-k / ramp)) from the copy
+    made at construction (BEVDepth's ModelEMA), over parameters and BN statistics; its state resumes the ramp."""
+    import copy
+    import math
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = ema_model(m, decay=0.9, ramp=5.0)
+    ref = copy.deepcopy(m.state_dict())
+    for k in range(1, 4):
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(1.0)
+        m.train()
+        m(torch.randn(4, 3))
+        ema.update_parameters(m)
+        d = 0.9 * (1 - math.exp(-k / 5.0))
+        for name, v in ref.items():  # BEVDepth's update, written out
+            v.copy_(v * d + m.state_dict()[name] * (1 - d) if v.is_floating_point() else m.state_dict()[name])
+    assert ema_updates(ema) == 3 and not any(p.requires_grad for p in ema.parameters())
+    for name, v in ema.module.state_dict().items():
+        torch.testing.assert_close(v, ref[name], rtol=0, atol=1e-6)
+    again = ema_model(m, decay=0.9, ramp=5.0)
+    load_ema_state(again, ema.state_dict())
+    assert ema_updates(again) == 3
+    old = ema_model(m, decay=0.9, ramp=5.0)  # the earlier last.pt layout {"module", "updates"}
+    load_ema_state(old, {"module": ema.module.state_dict(), "updates": 3})
+    assert ema_updates(old) == 3
+    const = ema_model(torch.nn.Linear(2, 1), decay=0.5, ramp=0.0)  # ramp 0: constant decay
+    lin = torch.nn.Linear(2, 1)
     with torch.no_grad():
-        m.weight.fill_(1.0)
-        ema.ema.weight.fill_(0.0)
-    ema.update(m)
-    assert torch.allclose(ema.ema.weight, torch.full_like(m.weight, 0.5))
+        lin.weight.fill_(1.0)
+        const.module.weight.fill_(0.0)
+    const.update_parameters(lin)
+    assert torch.equal(const.module.weight, torch.full_like(lin.weight, 0.5))
+
+
+def test_multistep_schedule_matches_the_reference_rule():
+    """MultiStepLR stepped per epoch: epoch e trains at lr * gamma ** #(milestones <= e), every group at its own
+    multiplier; an older last.pt without a scheduler state resumes at the same lr."""
+    from labeldistill_training import optim
+
+    cfg = train_config_from_dict({"model_config": "m.yaml", "stages": {"teacher": {"lr": 1.0, "milestones": [2, 4],
+                                                                                  "gamma": 0.5}}})
+    net = torch.nn.Linear(2, 2)
+    opt = optim.build_optimizer(net, cfg, "teacher")
+    sched = optim.build_scheduler(opt, cfg, "teacher")
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+    opt2 = optim.build_optimizer(net, cfg, "teacher")
+    sched2 = optim.build_scheduler(opt2, cfg, "teacher")
+    optim.restore_schedule(opt2, sched2, None, epochs_done=4)
+    assert opt2.param_groups[0]["lr"] == 0.25
+    opt2.step()
+    sched2.step()
+    assert opt2.param_groups[0]["lr"] == 0.25 and sched2.last_epoch == 5
+
+
+def test_atomic_checkpoint_and_clear_errors(tmp_path):
+    m = torch.nn.Linear(2, 1)
     atomic_save({"format_version": 1, "kind": "x", "state_dict": m.state_dict()}, tmp_path / "a.pt")
-    assert load_checkpoint(tmp_path / "a.pt", "x")["kind"] == "x"
+    assert read_payload(tmp_path / "a.pt", "x")["kind"] == "x"
     assert [p.name for p in tmp_path.iterdir()] == ["a.pt"]
     (tmp_path / "b.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="cannot read checkpoint"):
-        load_checkpoint(tmp_path / "b.pt")
-    with pytest.raises(RuntimeError, match="expected 'teacher'"):
-        load_checkpoint(tmp_path / "a.pt", "teacher")
+    with pytest.raises(CheckpointError, match=r"b\.pt is not a readable torch checkpoint.*write it again"):
+        read_payload(tmp_path / "b.pt")
+    with pytest.raises(CheckpointError, match=r"a\.pt holds a 'x' checkpoint, expected 'teacher': point to the "
+                                              r"teacher file"):
+        read_payload(tmp_path / "a.pt", "teacher")
+    with pytest.raises(CheckpointError, match=r"no checkpoint file at .*c\.pt"):
+        read_payload(tmp_path / "c.pt")
 
 
 def _final(work: Path) -> dict:
     return torch.load(work / "teacher" / "final.pt", weights_only=True)["state_dict"]
 
 
-def test_resume_after_kill_mid_epoch_matches_uninterrupted(tmp_path):
-    full, killed = tmp_path / "full", tmp_path / "killed"
+def _rows(work: Path, kind: str) -> list[list[str]]:
+    lines = (work / "teacher" / "log.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    return [dict(zip(header, r.split(","))) for r in lines[1:] if r.startswith(kind)]
+
+
+def test_killed_and_stopped_runs_resume_to_the_uninterrupted_result(tmp_path):
+    """A crash mid-epoch (SIGKILL from a step callback at step 6) resumes after the last completed epoch; a clean
+    stop by trainer.max_steps inside an epoch (step 10 of 12) resumes at the next batch with the random states,
+    schedule, EMA and epoch sums it had: the final weights and the logged losses equal an uninterrupted run."""
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
     cmd = [sys.executable, str(HELPER), "--epochs", "3", "--work-dir"]
     p_full = subprocess.Popen(cmd + [str(full)], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True)
     # 4 iterations per epoch: step 6 is in the middle of the second epoch
-    r = subprocess.run(cmd + [str(killed)], env=_env(**{KILL_ENV: 6}), capture_output=True, text=True)
+    r = subprocess.run(cmd + [str(resumed), "--kill-at-step", "6"], env=_env(), capture_output=True, text=True)
     assert r.returncode == -9, r.stdout + r.stderr
-    names = sorted(p.name for p in (killed / "teacher").iterdir())
+    names = sorted(p.name for p in (resumed / "teacher").iterdir())
     assert "last.pt" in names and "epoch_001.pt" in names and "epoch_002.pt" not in names
     assert not any(n.endswith(".tmp") for n in names)
-    state = load_checkpoint(killed / "teacher" / "last.pt", "teacher_state")
-    assert state["epoch"] == 0 and state["global_step"] == 4
-    r = subprocess.run(cmd + [str(killed)], env=_env(), capture_output=True, text=True)
+    state = read_payload(resumed / "teacher" / "last.pt", "teacher_state")
+    assert state["epoch"] == 0 and state["iteration"] is None and state["global_step"] == 4
+    r = subprocess.run(cmd + [str(resumed), "--max-steps", "10"], env=_env(), capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "resuming" in r.stdout and '"global_step": 12' in r.stdout
+    assert "resuming from" in r.stdout and '"global_step": 10' in r.stdout and '"stopped": true' in r.stdout
+    state = read_payload(resumed / "teacher" / "last.pt", "teacher_state")
+    assert (state["epoch"], state["iteration"], state["global_step"]) == (2, 2, 10)
+    assert state["scheduler"]["last_epoch"] == 2 and not (resumed / "teacher" / "final.pt").exists()
+    r = subprocess.run(cmd + [str(resumed)], env=_env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "in epoch 3 after 2 batches (step 10)" in r.stdout and '"global_step": 12' in r.stdout
     out, _ = p_full.communicate(timeout=300)
     assert p_full.returncode == 0, out
-    a, b = _final(full), _final(killed)
+    a, b = _final(full), _final(resumed)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
-    rows = (killed / "teacher" / "log.csv").read_text().splitlines()
-    steps = [int(r.split(",")[2]) for r in rows[1:] if r.startswith("train")]
+    steps = [int(r["step"]) for r in _rows(resumed, "train")]
     assert steps == list(range(1, 13))  # rows of the lost half-epoch were dropped on resume
-    assert (killed / "teacher" / "loss_curves.png").stat().st_size > 1000
+    for x, y in zip(_rows(full, "train") + _rows(full, "epoch"), _rows(resumed, "train") + _rows(resumed, "epoch")):
+        assert (x["step"], x["lr"]) == (y["step"], y["lr"])
+        assert float(x["loss"]) == pytest.approx(float(y["loss"]), rel=1e-4), (x, y)
+    assert [r["lr"] for r in _rows(full, "epoch")] == ["0.002", "0.002", "0.0002"]  # milestone [2]
+    assert (resumed / "teacher" / "loss_curves.png").stat().st_size > 1000
 
 
 def test_two_process_gloo_ddp(tmp_path):
@@ -120,7 +225,7 @@ def test_two_process_gloo_ddp(tmp_path):
     # 16 samples / 2 ranks / batch 2 -> 4 steps per rank; both ranks report the same step count
     assert r.stdout.count('"global_step": 4') == 2
     assert (tmp_path / "teacher" / "final.pt").is_file()
-    assert load_checkpoint(tmp_path / "teacher" / "last.pt", "teacher_state")["epoch"] == 0
+    assert read_payload(tmp_path / "teacher" / "last.pt", "teacher_state")["epoch"] == 0
 
 
 def test_previous_frame_offsets_reach_the_student_config_and_its_inputs(tmp_path):
@@ -130,7 +235,10 @@ def test_previous_frame_offsets_reach_the_student_config_and_its_inputs(tmp_path
     import yaml
 
     from labeldistill_ros.model.checkpoint import read_checkpoint, save_checkpoint
-    from labeldistill_training.trainer import Trainer, build_student, data_config_for_stage, student_inputs
+    from labeldistill_training.batch import student_inputs
+    from labeldistill_training.builders import build_student
+    from labeldistill_training.stage_data import data_config_for_stage
+    from labeldistill_training.trainer import Trainer
 
     model = yaml.safe_load((REPO / "config/model/r18_128x352_cpu.yaml").read_text())
     model["temporal"] = {"num_prev_frames": 2}

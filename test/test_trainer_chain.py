@@ -13,8 +13,9 @@ REPO = TEST_DIR.parent
 
 
 def test_stage_chain_on_tiny_set(tiny_root, tmp_path):  # noqa: F811
+    from labeldistill_ros.model.checkpoint import read_payload
     from labeldistill_training.config import load_train_config
-    from labeldistill_training.trainer import Trainer, load_checkpoint
+    from labeldistill_training.trainer import Trainer
 
     torch.set_num_threads(1)
     work = tmp_path / "work"
@@ -41,7 +42,7 @@ def test_stage_chain_on_tiny_set(tiny_root, tmp_path):  # noqa: F811
     assert set(m["per_class_max_recall"]) == set(m["class_ap"])
     assert all(0.0 <= v <= 1.0 for v in m["per_class_max_recall"].values())
     assert (work / "student/final.pt").resolve() == (work / "student/student.pt").resolve()  # written once
-    ck = load_checkpoint(work / "student/final.pt", "student")
+    ck = read_payload(work / "student/final.pt", "student")
     assert ck["extra"]["method"] == "labeldistill"
     assert any(k.startswith("label_adaptor.") for k in ck["extra"]["distiller"])
     assert "head.task_heads.0.branches.heatmap.1.bias" in ck["state_dict"]

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from labeldistill_ros.model.checkpoint import read_payload
+from labeldistill_training.builders import SCRATCH_R50_WARNING, load_pretrained_backbone
 from labeldistill_training.config import load_train_config, train_config_from_dict
-from labeldistill_training.trainer import (SCRATCH_R50_WARNING, Trainer, load_checkpoint, load_pretrained_backbone)
+from labeldistill_training.trainer import Trainer
 from model_support import torchvision_resnet_keys
 from trainer_helpers import camera_collate, camera_factory, collate, fake_config, fake_factory
 
@@ -147,7 +149,7 @@ def test_init_checkpoint_and_resume_win_over_the_pretrained_backbone(tmp_path, c
     assert {k: rt["extra"][k] for k in ("method", "epoch", "stage", "distiller")} == \
         {"method": "none", "epoch": 2, "stage": "student", "distiller": {}}
     assert rt["extra"]["train_config"]["trainer"]["keep_checkpoints"] == 1
-    ck = load_checkpoint(d / "final.pt", "student")  # the trainer's reader, through the link
+    ck = read_payload(d / "final.pt", "student")  # the trainer's reader, through the link
     assert ck["kind"] == "student" and ck["state_dict"].keys() == rt["state_dict"].keys()
     assert read_checkpoint(d / "epoch_002.pt")["state_dict"].keys() == rt["state_dict"].keys()
     load_runtime(d / "epoch_002.pt")  # any kept epoch loads into the runtime model
@@ -169,7 +171,7 @@ def test_five_epochs_keep_the_newest_three(tmp_path):
     names = sorted(p.name for p in (tmp_path / "teacher").iterdir() if p.name != "tb")
     assert names == ["epoch_003.pt", "epoch_004.pt", "epoch_005.pt", "final.pt", "last.pt", "log.csv",
                      "loss_curves.png", "summary.json"], names
-    assert load_checkpoint(tmp_path / "teacher" / "epoch_005.pt", "teacher")["epoch"] == 4
+    assert read_payload(tmp_path / "teacher" / "epoch_005.pt", "teacher")["epoch"] == 4
     cfg0 = train_config_from_dict({**fake_config(tmp_path / "none", epochs=2, iters=1),
                                    "trainer": {**fake_config(tmp_path / "none")["trainer"], "keep_checkpoints": 0}})
     Trainer(cfg0, "teacher", dataset_factory=fake_factory, collate_fn=collate).fit()
@@ -214,7 +216,7 @@ def test_per_class_max_recall_from_the_devkit_metric_data(tmp_path):
     101-point grid, confidence 0 past the last detection); other thresholds are ignored."""
     import json
 
-    from labeldistill_training.trainer import per_class_max_recall
+    from labeldistill_training.stage_eval import per_class_max_recall
 
     grid = [i / 100 for i in range(101)]
 

@@ -1,10 +1,13 @@
 """Helpers for the trainer tests (no tests here): a deterministic fake LiDAR dataset for the teacher stage and a
-command-line entry that trains with it (used by the kill/resume and torchrun DDP tests)."""
+command-line entry that trains with it (used by the stop/kill/resume and torchrun DDP tests): ``--max-steps N``
+stops cleanly (trainer.max_steps), ``--kill-at-step N`` SIGKILLs the process from a step callback (a crash)."""
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -117,13 +120,23 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work-dir", required=True)
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--kill-at-step", type=int, default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     from labeldistill_training.config import train_config_from_dict
     from labeldistill_training.trainer import Trainer
 
-    cfg = train_config_from_dict(fake_config(Path(args.work_dir), args.epochs))
-    summary = Trainer(cfg, "teacher", dataset_factory=fake_factory, collate_fn=collate).fit()
+    raw = fake_config(Path(args.work_dir), args.epochs)
+    raw["trainer"]["max_steps"] = args.max_steps
+    cfg = train_config_from_dict(raw)
+
+    def crash(info):
+        if info.step == args.kill_at_step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    summary = Trainer(cfg, "teacher", dataset_factory=fake_factory, collate_fn=collate,
+                      on_step=crash if args.kill_at_step else None).fit()
     print(json.dumps(summary))
     return 0
 

@@ -7,8 +7,14 @@ Layout (a plain dict, readable with ``torch.load(..., weights_only=True)``)::
 
 Other keys are allowed and ignored (the trainer adds its own); an optional ``kind`` must be ``"student"``.
 
-Loading never unpickles arbitrary objects, and every mismatch (file, format, config, classes, tensor shapes)
-raises :class:`CheckpointError` naming what differs.
+The one implementation of checkpoint format 1, for the runtime and the trainer alike: :func:`atomic_save` writes
+every checkpoint file (temporary file in the same folder, fsync, ``os.replace``: a crash leaves the old file or
+the new one, never half of one) and :func:`read_payload` reads every one (``torch.load(..., weights_only=True)``,
+format version, ``kind``: ``"student"`` when absent; the trainer's files say ``"teacher"``, ``"label_encoder"``,
+``"<stage>_state"``).
+
+Loading never unpickles arbitrary objects, and every mismatch (file, format, kind, config, classes, tensor
+shapes) raises :class:`CheckpointError` naming the file, what differs and the fix.
 """
 from __future__ import annotations
 
@@ -30,9 +36,62 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be used: unreadable, not a student checkpoint, or not matching the expected model."""
 
 
-def save_checkpoint(path: str | Path, model: StudentDetector, extra: dict[str, Any] | None = None) -> None:
-    """Write ``model`` (weights + config + class names) to ``path`` atomically (temporary file + rename)."""
+def atomic_save(payload: Any, path: str | Path) -> None:
+    """``torch.save(payload)`` to ``path`` atomically: a temporary file in the same folder, flushed and fsynced,
+    then ``os.replace`` (readers see the old file or the complete new one, also after a crash)."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_payload(path: str | Path, kind: str | None = None, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Load a format-1 checkpoint dict with ``weights_only=True`` and check it: readable, a dict holding
+    ``required`` keys, this format version and (when ``kind`` is given) that kind. The returned dict always has
+    ``kind`` (``"student"`` for the runtime's files, which do not store it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint file at {path}: check the path (a training stage writes "
+                              f"<work_dir>/<stage>/final.pt)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... depending on the damage
+        raise CheckpointError(
+            f"{path} is not a readable torch checkpoint (truncated, corrupted or not saved with torch.save): "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; write it again (e.g. rerun the "
+            f"training stage) or point to another file"
+        ) from e
+    needed = ("format_version",) + tuple(k for k in required if k != "format_version")
+    if not isinstance(payload, dict) or any(k not in payload for k in needed):
+        have = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
+        missing = [k for k in needed if not isinstance(payload, dict) or k not in payload]
+        what = f"{kind} checkpoint" if kind else "checkpoint"
+        raise CheckpointError(
+            f"{path} is not a labeldistill_ros {what}: missing {missing} (found {have}); write checkpoints with "
+            f"labeldistill_ros.model.save_checkpoint (the student) or the trainer"
+        )
+    if payload["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format_version {payload['format_version']!r}, this code reads version {FORMAT_VERSION}: "
+            f"use the labeldistill_ros version that wrote it, or write it again with this one"
+        )
+    payload = {**payload, "kind": payload.get("kind", "student")}
+    if kind is not None and payload["kind"] != kind:
+        raise CheckpointError(f"{path} holds a '{payload['kind']}' checkpoint, expected '{kind}': point to the "
+                              f"{kind} file (e.g. <work_dir>/{kind.removesuffix('_state')}/"
+                              f"{'last' if kind.endswith('_state') else 'final'}.pt)")
+    return payload
+
+
+def save_checkpoint(path: str | Path, model: StudentDetector, extra: dict[str, Any] | None = None) -> None:
+    """Write ``model`` (weights + config + class names) to ``path`` with :func:`atomic_save`."""
     payload = {
         "format_version": FORMAT_VERSION,
         "model_config": model_config_to_dict(model.cfg),
@@ -40,38 +99,14 @@ def save_checkpoint(path: str | Path, model: StudentDetector, extra: dict[str, A
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": dict(extra or {}),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    atomic_save(payload, path)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load and check a checkpoint's payload; ``payload["model_config"]`` is returned as a validated
     :class:`ModelConfig`."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint file at {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... depending on the damage
-        raise CheckpointError(
-            f"{path} is not a readable torch checkpoint (truncated, corrupted or not saved with torch.save): "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        ) from e
-    if not isinstance(payload, dict) or any(k not in payload for k in REQUIRED_KEYS):
-        have = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
-        missing = [k for k in REQUIRED_KEYS if not isinstance(payload, dict) or k not in payload]
-        raise CheckpointError(
-            f"{path} is not a labeldistill_ros student checkpoint: missing {missing} (found {have}); "
-            f"write checkpoints with labeldistill_ros.model.save_checkpoint"
-        )
-    if payload.get("kind", "student") != "student":
-        raise CheckpointError(f"{path} holds a '{payload['kind']}' checkpoint, not the camera student's")
-    if payload["format_version"] != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has format_version {payload['format_version']!r}, this code reads version {FORMAT_VERSION}"
-        )
+    payload = read_payload(path, "student", REQUIRED_KEYS)
     try:
         cfg = model_config_from_dict(payload["model_config"], source=f"{path} (model_config)")
     except ConfigError as e:

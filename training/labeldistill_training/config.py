@@ -5,6 +5,11 @@ stage to run is chosen on the command line. Loading uses ``yaml.safe_load`` and 
 (with a did-you-mean), wrong types and out-of-range values raise :class:`TrainConfigError` naming the key path,
 e.g. ``config/train/x.yaml: 'stages.student.lr' must be a number, got 'fast'``.
 
+The ``data:`` section is the pipeline's typed :class:`~labeldistill_training.data.config.DataConfig`, checked
+here like every other section (``'data.depth.stride' must be >= 1 ...``); whether it fits the model (input size,
+depth stride, previous frames) is checked when the :class:`~labeldistill_training.trainer.Trainer` is created,
+before any network is built or checkpoint read. No ``data:`` section (null) = a custom dataset factory.
+
 Paths inside the file (``model_config``, ``data.dataroot``, ``trainer.work_dir``, checkpoints) are resolved
 relative to the current directory when they exist there, otherwise relative to the YAML file's directory's
 repository root (the parent of ``config/``).
@@ -18,6 +23,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from labeldistill_ros.typed_config import build, read_yaml, to_plain
+from labeldistill_training.data.config import DataConfig, DataConfigError
 
 METHODS = ("none", "labeldistill", "unidistill", "cmkd", "stereodistill")
 STAGES = ("teacher", "label_encoder", "student")
@@ -228,7 +234,9 @@ class TrainerConfig:
     ``train`` (what the reference most likely did: batch statistics, no parameter updates). ``eval_at_end``:
     DetectionEval on the val split after the last epoch. ``progress``: tqdm bars. ``keep_checkpoints``: how many
     per-epoch weight files (``epoch_NNN.pt``) to keep, the newest (``last.pt`` and the final weights are always
-    kept; 0 = none)."""
+    kept; 0 = none). ``max_steps``: stop cleanly after this many optimizer steps in all (counted from the start of
+    the stage, across resumes), writing a resumable ``last.pt`` at that step; a later run with a larger or no
+    ``max_steps`` continues from there, exactly as if never stopped (null = train all epochs)."""
 
     work_dir: str = "work_dirs/labeldistill"
     seed: int = 0
@@ -240,12 +248,13 @@ class TrainerConfig:
     progress: bool = True
     deterministic: bool = False
     keep_checkpoints: int = 3
+    max_steps: Optional[int] = None
 
 
 @dataclass
 class TrainConfig:
     model_config: str
-    data: dict = field(default_factory=dict)
+    data: Optional[DataConfig] = None
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     label_encoder: LabelEncoderConfig = field(default_factory=LabelEncoderConfig)
@@ -287,7 +296,14 @@ def train_config_from_dict(data: Any, source: str = "<dict>") -> TrainConfig:
         defaults = _default_stages()
         data["stages"] = {k: (merge(dataclasses.asdict(defaults[k]), v) if k in defaults and isinstance(v, dict)
                               else v) for k, v in stages.items()}
-    cfg = build(TrainConfig, data, source=source, error=TrainConfigError, skip=("source",))
+    if data.get("data") == {}:  # an empty section (older checkpoints' train_config): no data pipeline
+        data["data"] = None
+    try:
+        cfg = build(TrainConfig, data, source=source, error=TrainConfigError, skip=("source",))
+    except DataConfigError as e:  # the data section's own range checks (DataConfig.__post_init__)
+        if e.key is None:
+            raise TrainConfigError(f"{source}: 'data' section: {e}") from e
+        raise TrainConfigError(f"{source}: 'data.{e.key}' {e.problem}") from e
     cfg.source = source
     _validate(cfg, source)
     return cfg
@@ -325,16 +341,6 @@ def _validate(cfg: TrainConfig, src: str) -> None:
     _check(ld.num_workers >= 0, src, f"'loader.num_workers' must be >= 0, got {ld.num_workers}")
     for k in ("max_train_samples", "max_val_samples"):
         _check(getattr(ld, k) is None or getattr(ld, k) >= 1, src, f"'loader.{k}' must be >= 1 or null")
-    if cfg.data:
-        try:
-            from labeldistill_training.data.config import load_data_config
-        except ImportError:  # pragma: no cover - the pipeline ships with this package
-            load_data_config = None
-        if load_data_config is not None:
-            try:
-                load_data_config(cfg.data)
-            except (TypeError, ValueError) as e:
-                raise TrainConfigError(f"{src}: 'data' section: {e}") from e
     t = cfg.teacher
     _check(t.encoder in ("pillar", "voxel"), src, f"'teacher.encoder' must be pillar or voxel, got {t.encoder!r}")
     _check(len(t.point_range) == 6 and all(t.point_range[i] < t.point_range[i + 3] for i in range(3)), src,
@@ -383,6 +389,8 @@ def _validate(cfg: TrainConfig, src: str) -> None:
     _check(tr.frozen_bn in ("eval", "train"), src, f"'trainer.frozen_bn' must be eval or train, got {tr.frozen_bn!r}")
     _check(tr.log_interval >= 1, src, "'trainer.log_interval' must be >= 1")
     _check(tr.keep_checkpoints >= 0, src, f"'trainer.keep_checkpoints' must be >= 0, got {tr.keep_checkpoints}")
+    _check(tr.max_steps is None or tr.max_steps >= 1, src,
+           f"'trainer.max_steps' must be >= 1 optimizer steps or null (train all epochs), got {tr.max_steps}")
     ud = cfg.distill.unidistill
     _check(ud.grad_clip is None or ud.grad_clip > 0, src, "'distill.unidistill.grad_clip' must be > 0 or null")
     _check(ud.iou_aware_weight >= 0, src, "'distill.unidistill.iou_aware_weight' must be >= 0")

@@ -59,12 +59,14 @@ class ImageAugConfig:
     std: tuple[float, float, float] = (58.395, 57.12, 57.375)
 
     def __post_init__(self) -> None:
-        _check(self.final_dim[0] > 0 and self.final_dim[1] > 0, "image_aug.final_dim must be positive")
-        _check(0 < self.resize_lim[0] <= self.resize_lim[1], "image_aug.resize_lim must be 0 < lo <= hi")
-        _check(0 <= self.bot_pct_lim[0] <= self.bot_pct_lim[1] < 1, "image_aug.bot_pct_lim must be in [0, 1)")
-        _check(self.rot_lim[0] <= self.rot_lim[1], "image_aug.rot_lim must be lo <= hi")
-        _check(self.test_resize > 0, "image_aug.test_resize must be > 0")
-        _check(all(s > 0 for s in self.std), "image_aug.std must be > 0")
+        _check(self.final_dim[0] > 0 and self.final_dim[1] > 0, "image_aug.final_dim",
+               "must be a positive [H, W] in pixels (the network input)")
+        _check(0 < self.resize_lim[0] <= self.resize_lim[1], "image_aug.resize_lim", "must be [lo, hi] with 0 < lo <= hi")
+        _check(0 <= self.bot_pct_lim[0] <= self.bot_pct_lim[1] < 1, "image_aug.bot_pct_lim",
+               "must be [lo, hi] with 0 <= lo <= hi < 1")
+        _check(self.rot_lim[0] <= self.rot_lim[1], "image_aug.rot_lim", "must be [lo, hi] degrees with lo <= hi")
+        _check(self.test_resize > 0, "image_aug.test_resize", "must be > 0 (1.0 = the fit scale)")
+        _check(all(s > 0 for s in self.std), "image_aug.std", "must be three values > 0")
 
 
 @dataclass(frozen=True)
@@ -85,9 +87,10 @@ class BevAugConfig:
     enabled: bool = True
 
     def __post_init__(self) -> None:
-        _check(self.rot_lim[0] <= self.rot_lim[1], "bev_aug.rot_lim must be lo <= hi")
-        _check(0 < self.scale_lim[0] <= self.scale_lim[1], "bev_aug.scale_lim must be 0 < lo <= hi")
-        _check(0 <= self.flip_x_prob <= 1 and 0 <= self.flip_y_prob <= 1, "bev_aug flip probs must be in [0, 1]")
+        _check(self.rot_lim[0] <= self.rot_lim[1], "bev_aug.rot_lim", "must be [lo, hi] degrees with lo <= hi")
+        _check(0 < self.scale_lim[0] <= self.scale_lim[1], "bev_aug.scale_lim", "must be [lo, hi] with 0 < lo <= hi")
+        _check(0 <= self.flip_x_prob <= 1, "bev_aug.flip_x_prob", "must be a probability in [0, 1]")
+        _check(0 <= self.flip_y_prob <= 1, "bev_aug.flip_y_prob", "must be a probability in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -107,8 +110,8 @@ class DepthConfig:
     max_depth: float = 60.0
 
     def __post_init__(self) -> None:
-        _check(self.stride >= 1, "depth.stride must be >= 1")
-        _check(0 <= self.min_depth < self.max_depth, "depth.min_depth must be < max_depth")
+        _check(self.stride >= 1, "depth.stride", "must be >= 1 pixels (the model's feature stride, e.g. 16)")
+        _check(0 <= self.min_depth < self.max_depth, "depth.min_depth", "must be >= 0 and below depth.max_depth")
 
 
 @dataclass(frozen=True)
@@ -149,11 +152,14 @@ class DataConfig:
     depth: DepthConfig = field(default_factory=DepthConfig)
 
     def __post_init__(self) -> None:
-        _check(len(self.cameras) >= 1, "cameras must not be empty")
-        _check(len(set(self.cameras)) == len(self.cameras), "cameras must be distinct")
-        _check(all(c in CLASS_NAMES for c in self.classes), f"classes must be among {CLASS_NAMES}")
-        _check(all(k < 0 for k in self.prev_key_offsets), "prev_key_offsets must be negative")
-        _check(self.lidar_sweeps >= 0 and self.min_lidar_pts >= 0, "lidar_sweeps/min_lidar_pts must be >= 0")
+        _check(len(self.cameras) >= 1, "cameras", f"must name at least one camera channel, e.g. {list(CAMERA_CHANNELS)}")
+        _check(len(set(self.cameras)) == len(self.cameras), "cameras", "must be distinct: remove the repeated channel")
+        _check(all(c in CLASS_NAMES for c in self.classes), "classes",
+               f"must be among {list(CLASS_NAMES)}, got {[c for c in self.classes if c not in CLASS_NAMES]}")
+        _check(all(k < 0 for k in self.prev_key_offsets), "prev_key_offsets",
+               f"must be negative key-frame offsets (e.g. [-1] = 0.5 s earlier), got {list(self.prev_key_offsets)}")
+        _check(self.lidar_sweeps >= 0, "lidar_sweeps", "must be >= 0 (0 = the key frame's sweep only)")
+        _check(self.min_lidar_pts >= 0, "min_lidar_pts", "must be >= 0 (0 keeps every box)")
 
     def image_transform_config(self) -> ImageTransformConfig:
         """The evaluation transform of these images, as the model (and so the node) stores it."""
@@ -167,12 +173,18 @@ class DataConfig:
 
 
 class DataConfigError(ValueError):
-    """A data configuration is invalid; the message names the key and the fix."""
+    """A data configuration is invalid; the message names the key and the fix. ``key`` (dotted path inside the
+    data section) and ``problem`` are set for the semantic checks, so a training config can name
+    ``data.<key>``."""
+
+    def __init__(self, message: str, key: str | None = None, problem: str | None = None) -> None:
+        super().__init__(message)
+        self.key, self.problem = key, problem
 
 
-def _check(ok: bool, msg: str) -> None:
+def _check(ok: bool, key: str, problem: str) -> None:
     if not ok:
-        raise DataConfigError(f"data config: {msg}")
+        raise DataConfigError(f"data config: '{key}' {problem}", key, problem)
 
 
 def load_data_config(src: str | Path | dict) -> DataConfig:
