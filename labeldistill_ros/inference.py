@@ -19,15 +19,14 @@ boxes: decoding checks the gathered candidates (peak logit and box code) and dro
 The node fills a set's network input camera by camera as the images arrive (:meth:`Detector.acquire_slot`,
 :meth:`Detector.stage`, :meth:`Detector.detect_slot`); :meth:`Detector.detect` is the same three steps for a whole
 set. On CUDA each camera's image band (only the rows the crop keeps) goes through a pinned host buffer with one
-non-blocking copy and is resized and normalised on the device (a stream of its own); the calibration travels
-the same way and its pooling-cache key is computed from the host copies, so nothing in a set waits for the device
-until its candidate boxes come back in one transfer. ``backend='compiled'`` runs the convolutional parts through
-``torch.compile`` (compiled and checked in :meth:`Detector.warmup`, never in a set).
+non-blocking copy and is resized and normalised on the device (a stream of its own: :mod:`.input_slots`); the
+calibration travels the same way and its pooling-cache key is computed from the host copies, so nothing in a set
+waits for the device until its candidate boxes come back in one transfer. ``backend='compiled'`` runs the
+convolutional parts through ``torch.compile`` (compiled and checked in :meth:`Detector.warmup`, never in a set).
 """
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ import torch
 
 from .model.decode import gather_candidates, select_detections
 from .model.image_transform import ImageTransform
+from .input_slots import InputSlot, SlotPool
 from .model.view_transform import host_calibration_key
 from .temporal_buffer import BevHistory
 
@@ -118,46 +118,6 @@ def compile_parts(parts: dict[str, torch.nn.Module]) -> dict[str, torch.nn.Modul
     return {name: torch.compile(m, dynamic=False) for name, m in parts.items()}
 
 
-class InputSlot:
-    """One camera set's network input, filled camera by camera (preallocated; a few are reused in turn).
-
-    ``x (rows, 3, h, w)`` float32 on the model's device (row = camera index in the set: the node uses its camera
-    order, :meth:`Detector.detect` the list order), ``ida (rows, 4, 4)`` and ``filled`` per row. On CUDA each row
-    also has a pinned uint8 buffer for its image band, a device copy of it and an event marking the row's
-    preprocessing done on the staging stream.
-    """
-
-    def __init__(self, rows: int, input_size: tuple[int, int], device: torch.device):
-        h, w = input_size
-        self.rows = rows
-        self.device = device
-        self.x = torch.zeros(rows, 3, h, w, device=device)
-        self.ida = np.tile(np.eye(4), (rows, 1, 1))
-        self.filled = np.zeros(rows, dtype=bool)
-        self.sizes: list[tuple[int, int] | None] = [None] * rows  # (width, height) of each staged image
-        self.pinned: list[torch.Tensor | None] = [None] * rows
-        self.band_dev: list[torch.Tensor | None] = [None] * rows
-        self.ready: list = [None] * rows  # CUDA events: the row's preprocessing finished on the staging stream
-        self.in_flight = np.zeros(rows, dtype=bool)  # a copy out of the row's pinned buffer may still be running
-        self.in_use = False
-
-    def reset(self) -> None:
-        self.filled[:] = False
-        self.sizes = [None] * self.rows
-
-    def _buffers(self, row: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The pinned host buffer and its device twin for an image band of ``shape`` (grown when needed)."""
-        buf = self.pinned[row]
-        if buf is None or tuple(buf.shape) != shape:
-            self.pinned[row] = buf = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
-            self.band_dev[row] = torch.empty(shape, dtype=torch.uint8, device=self.device)
-            self.ready[row] = torch.cuda.Event()
-        elif self.in_flight[row]:  # staged for a set that was dropped before running: wait for its copy (long done)
-            self.ready[row].synchronize()
-        self.in_flight[row] = True
-        return buf, self.band_dev[row]
-
-
 class Detector:
     """The camera student ready for inference on one device (see the module docstring).
 
@@ -201,12 +161,7 @@ class Detector:
         # the threshold either way (a lower-scored box never suppresses a higher one).
         self._decode_cfg = dataclasses.replace(cfg.decode, score_threshold=self.score_threshold,
                                                max_detections=self.max_detections)
-        self._slots: list[InputSlot] = []
-        self._slot_lock = threading.Lock()
-        self.max_slots = 4  # input buffers staged ahead (the node: the set in the model + sets arriving)
-        cuda = self.device.type == "cuda"
-        self._stage_stream = torch.cuda.Stream(self.device) if cuda else None
-        self._pinned_small: dict = {}
+        self.slots = SlotPool(self.transform, self.input_size, self.device)  # the network input, staged per camera
         self._eager_parts = {name: getattr(self.model, name) for name in COMPILED_PARTS}
         self._compiled_parts: dict[str, torch.nn.Module] = {}
         self._compiled_cameras: int | None = None  # camera count the compiled graphs were built for
@@ -261,46 +216,21 @@ class Detector:
         return time.perf_counter() - t0
 
     # ---------------------------------------------------------------------------------------------- staging
+    @property
+    def max_slots(self) -> int:
+        """Input slots staged ahead at most (the node: the set in the model + sets arriving)."""
+        return self.slots.max_slots
+
     def acquire_slot(self, rows: int, create: bool = True) -> InputSlot | None:
-        """A free :class:`InputSlot` with ``rows`` rows (reset; hand it back with :meth:`release_slot`). With
-        ``create=False`` none is allocated beyond :attr:`max_slots` (returns None when all are busy)."""
-        with self._slot_lock:
-            slot = next((s for s in self._slots if not s.in_use and s.rows == rows), None)
-            if slot is None:
-                if not create and sum(s.rows == rows for s in self._slots) >= self.max_slots:
-                    return None
-                slot = InputSlot(rows, self.input_size, self.device)
-                self._slots.append(slot)
-            slot.in_use = True
-        slot.reset()
-        return slot
+        """A free :class:`~labeldistill_ros.input_slots.InputSlot` (:meth:`SlotPool.acquire`)."""
+        return self.slots.acquire(rows, create)
 
     def release_slot(self, slot: InputSlot) -> None:
-        with self._slot_lock:
-            slot.in_use = False
+        self.slots.release(slot)
 
     def stage(self, slot: InputSlot, row: int, image: np.ndarray) -> None:
-        """Preprocess one camera's ``(H, W, 3)`` uint8 RGB image into ``slot`` row ``row`` (thread-safe across
-        slots: the node stages the next set while the model runs the current one)."""
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
-            raise ValueError(f"image {row}: expected (H, W, 3) uint8 RGB, got {got}")
-        H, W = image.shape[:2]
-        ida = self.transform.ida(W, H)
-        with torch.inference_mode():
-            band, plan = self.transform.band(image, ida)
-            if self._stage_stream is None:
-                self.transform.apply(torch.from_numpy(band), plan, out=slot.x[row])
-            else:
-                pinned, dev = slot._buffers(row, tuple(band.shape))
-                pinned.numpy()[...] = band  # the only host copy: the rows the crop keeps, into pinned memory
-                with torch.cuda.stream(self._stage_stream):
-                    dev.copy_(pinned, non_blocking=True)
-                    self.transform.apply(dev, plan, out=slot.x[row])
-                    slot.ready[row].record(self._stage_stream)
-        slot.ida[row] = ida
-        slot.sizes[row] = (W, H)
-        slot.filled[row] = True
+        """Preprocess one camera's ``(H, W, 3)`` uint8 RGB image into ``slot`` row ``row`` (:meth:`SlotPool.stage`)."""
+        self.slots.stage(slot, row, image)
 
     def preprocess(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """RGB uint8 images -> (network input ``(1, N, 3, h, w)`` float32 on the device, ``ida (1, N, 4, 4)``),
@@ -308,8 +238,7 @@ class Detector:
         slot = InputSlot(len(images), self.input_size, self.device)
         for i, img in enumerate(images):
             self.stage(slot, i, img)
-        if self._stage_stream is not None:
-            torch.cuda.current_stream(self.device).wait_stream(self._stage_stream)
+        self.slots.wait_staged()
         return slot.x.unsqueeze(0), torch.as_tensor(slot.ida, dtype=torch.float32, device=self.device).unsqueeze(0)
 
     # ---------------------------------------------------------------------------------------------------- detect
@@ -385,7 +314,7 @@ class Detector:
         K32, T32 = Ks.astype(np.float32)[None], T.astype(np.float32)[None]
         ida32 = slot.ida[rows].astype(np.float32)[None]
         key = host_calibration_key(self.device, K32, T32, ida32, self._bda_host)
-        K_t, T_t, ida_t = self._to_device(K32, T32, ida32)
+        K_t, T_t, ida_t = self.slots.to_device(K32, T32, ida32)
         events = []
         if cuda:
             stream = torch.cuda.current_stream(self.device)
@@ -410,21 +339,6 @@ class Detector:
         if cuda:
             events[2].record()
         return cand, events, missing_prev, t1, t2
-
-    def _to_device(self, *arrays: np.ndarray) -> list[torch.Tensor]:
-        """Small host arrays -> device tensors (CUDA: through reused pinned buffers, non-blocking; a buffer is
-        rewritten only by a later set, after this set's transfer back has waited for the stream)."""
-        if self.device.type != "cuda":
-            return [torch.from_numpy(a) for a in arrays]
-        out = []
-        for i, a in enumerate(arrays):
-            key = (i, a.shape, len(arrays))
-            buf = self._pinned_small.get(key)
-            if buf is None:
-                buf = self._pinned_small[key] = torch.empty(a.shape, dtype=torch.float32, pin_memory=True)
-            buf.numpy()[...] = a
-            out.append(buf.to(self.device, non_blocking=True))
-        return out
 
     def _parts(self, cameras: int):
         """Context: the compiled convolutional parts for a set of the warmed-up camera count, eager otherwise
