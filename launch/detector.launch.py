@@ -9,9 +9,9 @@ images between processes on one computer, normal network discovery); 'local' kee
 (replay and tests); 'none' leaves the middleware as configured by the environment. The profile must also be
 applied to the camera drivers' processes for shared memory to be used end to end.
 
-checkpoint, device, precision and use_sim_time override the parameter file only when given: their defaults are
-empty, and an empty argument passes nothing, so the values in `config` stay in effect (e.g. `device: cuda:1` in a
-copy of config/detector.yaml).
+checkpoint, device, precision, backend, publish_objects and use_sim_time override the parameter file only when
+given: their defaults are empty, and an empty argument passes nothing, so the values in `config` stay in effect
+(e.g. `device: cuda:1` in a copy of config/detector.yaml).
 """
 import os
 import re
@@ -31,6 +31,8 @@ NODE_ARGUMENTS = {
     "checkpoint": (None, str),
     "device": (re.compile(r"auto|cpu|cuda(:\d+)?"), str),
     "precision": (re.compile(r"fp32|fp16"), str),
+    "backend": (re.compile(r"eager|compiled"), str),
+    "publish_objects": (re.compile(r"true|false", re.IGNORECASE), lambda v: v.lower() == "true"),
     "use_sim_time": (re.compile(r"true|false", re.IGNORECASE), lambda v: v.lower() == "true"),
 }
 
@@ -105,6 +107,13 @@ def generate_launch_description():
         DeclareLaunchArgument("precision", default_value="",
                               description="Inference precision: fp32 | fp16, fp16 on cuda only (empty: the "
                                           "config's, fp32 in the shipped one)"),
+        DeclareLaunchArgument("backend", default_value="",
+                              description="Inference backend: eager | compiled (torch.compile, checked against "
+                                          "eager at start-up; empty: the config's, eager in the shipped one)"),
+        DeclareLaunchArgument("publish_objects", default_value="",
+                              description="true: also publish autoware_perception_msgs/DetectedObjects on "
+                                          "~/output/objects (the velocity); false; empty: the config's (false "
+                                          "in the shipped one)"),
         DeclareLaunchArgument("use_sim_time", default_value="",
                               description="true: use /clock (bag replay with ros2 bag play --clock); false; "
                                           "empty: the config's (false unless it sets it)"),

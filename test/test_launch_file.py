@@ -21,8 +21,8 @@ pytestmark = pytest.mark.timeout(30)
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch" / "detector.launch.py"
-DOCUMENTED = {"config", "checkpoint", "device", "precision", "use_sim_time", "rviz", "namespace", "topic_remaps",
-              "dds_profile"}
+NODE_ARGUMENTS = ("checkpoint", "device", "precision", "backend", "publish_objects", "use_sim_time")
+DOCUMENTED = {*NODE_ARGUMENTS, "config", "rviz", "namespace", "topic_remaps", "dds_profile"}
 
 
 def _tree() -> ast.Module:
@@ -54,13 +54,15 @@ def test_declares_every_documented_argument_with_a_description():
 
 def test_choices_match_the_node_parameters(launch_file):
     args = _declared()
-    for name in ("checkpoint", "device", "precision", "use_sim_time"):  # empty: the config file's value stays
+    for name in NODE_ARGUMENTS:  # empty: the config file's value stays
         assert ast.literal_eval(_kw(args[name], "default_value")) == "", name
         assert _kw(args[name], "choices") is None, f"{name}: choices would forbid the empty default or cuda:N"
     # the launch file accepts exactly what the node's parameter checks accept
     checks = launch_file.NODE_ARGUMENTS
+    assert set(checks) == set(NODE_ARGUMENTS)
     for name, values in (("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:12", "gpu", "cuda:", "cuda:x", "CUDA"]),
-                         ("precision", ["fp32", "fp16", "int8", "FP16"])):
+                         ("precision", ["fp32", "fp16", "int8", "FP16"]),
+                         ("backend", ["eager", "compiled", "aot", "Eager", ""])):
         for v in values:
             assert bool(checks[name][0].fullmatch(v)) == (params.SPECS[name].check(v) is None), (name, v)
     assert set(ast.literal_eval(_kw(args["dds_profile"], "choices"))) == set(PROFILES) | {"none"}
@@ -88,7 +90,7 @@ def test_it_starts_the_console_script_with_the_config_and_overrides():
     det = next(n for n in nodes if "detector_node" in _strings(n))
     assert ast.literal_eval(_kw(det, "executable")) == "detector_node"
     assert ast.literal_eval(_kw(det, "name")) == params.NODE_NAME
-    assert {"checkpoint", "device", "precision", "use_sim_time"} <= set(_strings(tree))
+    assert set(NODE_ARGUMENTS) <= set(_strings(tree))
     assert "detector_node = labeldistill_ros.node.detector_node:main" in (REPO / "setup.py").read_text()
     rviz = next(n for n in nodes if "rviz2" in _strings(n))
     assert "labeldistill.rviz" in _strings(rviz) and (REPO / "config" / "labeldistill.rviz").is_file()
@@ -240,7 +242,7 @@ def vehicle_config(tmp_path) -> Path:
 
     doc = yaml.safe_load((REPO / "config" / "detector.yaml").read_text())
     doc["/**"]["ros__parameters"].update(device="cuda:1", precision="fp16", checkpoint="/models/from_config.pt",
-                                         use_sim_time=True)
+                                         use_sim_time=True, backend="compiled", publish_objects=True)
     path = tmp_path / "vehicle.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -252,6 +254,7 @@ def test_launch_arguments_not_given_leave_the_config_values(launch_file, vehicle
     assert det.kwargs["parameters"] == [str(vehicle_config)], "nothing may be passed besides the config file"
     p, sim = node_parameters(det, tmp_path)
     assert (p.device, p.precision, p.checkpoint, sim) == ("cuda:1", "fp16", "/models/from_config.pt", True)
+    assert (p.backend, p.publish_objects) == ("compiled", True)
     assert "rviz2" in _nodes(actions) and _nodes(actions)["rviz2"].kwargs["parameters"] == []
 
 
@@ -265,6 +268,23 @@ def test_launch_arguments_given_override_the_config(launch_file, vehicle_config,
     p, _ = node_parameters(_nodes(launch(launch_file, config=str(vehicle_config), device="cpu",
                                          precision="fp32"))["detector_node"], tmp_path)
     assert (p.device, p.precision, p.checkpoint) == ("cpu", "fp32", "/models/from_config.pt")
+    assert (p.backend, p.publish_objects) == ("compiled", True)  # not given: the config's
+
+
+@pytest.mark.parametrize("given,expected", [
+    ({"backend": "eager"}, ("eager", True)),
+    ({"publish_objects": "false"}, ("compiled", False)),
+    ({"backend": "eager", "publish_objects": "False"}, ("eager", False)),
+])
+def test_backend_and_publish_objects_arguments_override_only_when_given(launch_file, vehicle_config, tmp_path,
+                                                                        given, expected):
+    det = _nodes(launch(launch_file, config=str(vehicle_config), **given))["detector_node"]
+    assert det.kwargs["parameters"][1] == {k: (v if k == "backend" else v.lower() == "true") for k, v in given.items()}
+    p, _ = node_parameters(det, tmp_path)
+    assert (p.backend, p.publish_objects) == expected
+    shipped, _ = node_parameters(_nodes(launch(launch_file, checkpoint="/m.pt", backend="compiled",
+                                               publish_objects="true"))["detector_node"], tmp_path)
+    assert (shipped.backend, shipped.publish_objects) == ("compiled", True)
 
 
 def test_the_shipped_config_with_a_checkpoint_argument(launch_file, tmp_path):
@@ -288,6 +308,8 @@ def test_the_shipped_config_with_a_checkpoint_argument(launch_file, tmp_path):
     ({"device": "gpu"}, r"device:='gpu' is invalid: must be empty \(the config file's value\) or match"),
     ({"precision": "int8"}, "precision:='int8' is invalid"),
     ({"use_sim_time": "yes"}, "use_sim_time:='yes' is invalid"),
+    ({"backend": "aot"}, "backend:='aot' is invalid"),
+    ({"publish_objects": "1"}, "publish_objects:='1' is invalid"),
     ({"dds_profile": "fast"}, "'fast' is not one of"),
 ])
 def test_bad_launch_arguments_are_refused(launch_file, given, match):
