@@ -128,7 +128,7 @@ def test_ema_is_bevdepth_ramp_on_averaged_model():
 def test_multistep_schedule_matches_the_reference_rule():
     """MultiStepLR stepped per epoch: epoch e trains at lr * gamma ** #(milestones <= e), every group at its own
     multiplier; an older last.pt without a scheduler state resumes at the same lr."""
-    from labeldistill_training import optim
+    from labeldistill_training import optimization as optim
 
     cfg = train_config_from_dict({"model_config": "m.yaml", "stages": {"teacher": {"lr": 1.0, "milestones": [2, 4],
                                                                                   "gamma": 0.5}}})

@@ -4,6 +4,8 @@ Runs one training stage (see :mod:`labeldistill_training.trainer`). Several GPUs
 ``torchrun --nproc_per_node N [--nnodes M ...] -m labeldistill_training.cli --config ... --stage ...``.
 ``--set`` overrides config keys with dotted paths and YAML values, e.g. ``--set distill.method=cmkd
 --set stages.student.epochs=2``. A bad config exits with status 2 and a message naming the offending key.
+``--set trainer.max_steps=N`` stops cleanly after N optimizer steps (a resumable ``last.pt``); the same command
+without it continues from there.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@
   :mod:`~labeldistill_training.stages` (the three stage modules, :class:`~labeldistill_training.stages.Frozen`);
 * :mod:`~labeldistill_training.batch` (the pipeline's batch keys), :mod:`~labeldistill_training.loaders`,
   :mod:`~labeldistill_training.stage_data` (the ``data:`` section for a stage, the model settings taken from it);
-* :mod:`~labeldistill_training.optim` (AdamW, lr scaling, ``MultiStepLR``), :mod:`~labeldistill_training.ema`
+* :mod:`~labeldistill_training.optimization` (AdamW, lr scaling, ``MultiStepLR``), :mod:`~labeldistill_training.ema`
   (``AveragedModel`` with BEVDepth's ramp), fp16 autocast + GradScaler on CUDA, gradient clipping;
 * :mod:`~labeldistill_training.checkpoints` (every file written here, in the one format of
   :mod:`labeldistill_ros.model.checkpoint`), :mod:`~labeldistill_training.stage_log`,
@@ -46,7 +46,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from labeldistill_ros.model.checkpoint import atomic_save, read_payload
-from labeldistill_training import optim, stage_eval
+from labeldistill_training import optimization, stage_eval
 from labeldistill_training.batch import batch_to
 from labeldistill_training.builders import bev_grid, build_stage
 from labeldistill_training.checkpoints import (init_state, link_or_copy, prune_epochs, rng_state, save_weights,
@@ -147,16 +147,16 @@ class Trainer:
         return build_stage(self.cfg, self.model_cfg, self.stage, self._print)
 
     def build_optimizer(self, trainable: nn.Module) -> torch.optim.Optimizer:
-        return optim.build_optimizer(trainable, self.cfg, self.stage, self.dist.world)
+        return optimization.build_optimizer(trainable, self.cfg, self.stage, self.dist.world)
 
     def base_lr(self) -> float:
-        return optim.base_lr(self.cfg, self.stage, self.dist.world)
+        return optimization.base_lr(self.cfg, self.stage, self.dist.world)
 
     def grad_clip(self) -> Optional[float]:
-        return optim.grad_clip(self.cfg, self.stage)
+        return optimization.grad_clip(self.cfg, self.stage)
 
     def describe_lr(self) -> str:
-        return optim.describe_lr(self.cfg, self.stage, self.dist.world)
+        return optimization.describe_lr(self.cfg, self.stage, self.dist.world)
 
     def loader(self, split: str, epoch: int, skip_batches: int = 0) -> torch.utils.data.DataLoader:
         ds = self.dataset_factory(self.cfg, self.model_cfg, split, self.stage)
@@ -188,7 +188,7 @@ class Trainer:
             model = nn.parallel.DistributedDataParallel(
                 stage, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=self.stage == "student")
-        run = _Run(stage, trainable, model, opt, optim.build_scheduler(opt, cfg, self.stage),
+        run = _Run(stage, trainable, model, opt, optimization.build_scheduler(opt, cfg, self.stage),
                    torch.amp.GradScaler("cuda", enabled=self.use_amp),
                    ema_model(trainable, cfg.trainer.ema_decay, cfg.trainer.ema_ramp) if scfg.ema else None)
         resumed = self._resume(run)
@@ -213,7 +213,7 @@ class Trainer:
             run.scaler.load_state_dict(ck["scaler"])
         run.iteration = int(ck.get("iteration") or 0)
         run.epoch = int(ck["epoch"]) + (0 if run.iteration else 1)
-        optim.restore_schedule(run.opt, run.sched, ck.get("scheduler"), epochs_done=run.epoch)
+        optimization.restore_schedule(run.opt, run.sched, ck.get("scheduler"), epochs_done=run.epoch)
         run.step = int(ck["global_step"])
         run.sums, run.rng = dict(ck.get("epoch_sums") or {}), ck.get("rng")
         where = f"in epoch {run.epoch + 1} after {run.iteration} batches" if run.iteration \

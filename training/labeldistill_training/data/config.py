@@ -1,4 +1,6 @@
-"""Typed configuration of the nuScenes data pipeline, validated at load (YAML file or dict).
+"""Typed configuration of the nuScenes data pipeline, validated at load (YAML file or dict); also the ``data:``
+section of a training config (:class:`labeldistill_training.config.TrainConfig`), whose errors then name
+``data.<key>``.
 
 Example YAML (every key optional except ``dataroot``)::
 
