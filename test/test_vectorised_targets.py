@@ -1,5 +1,5 @@
-"""The vectorised target assigner, UniDistill Gaussian mask and StereoDistill 3D IoU against the per-box Python
-implementations they replaced (kept here, verbatim up to the grid type, as slow references), on random boxes
+"""The vectorised target assigner, UniDistill Gaussian mask, label rasteriser and StereoDistill 3D IoU against the
+per-box Python implementations they replaced (kept here, verbatim up to the grid type, as slow references), on random boxes
 including overlapping, out-of-range, degenerate and over-capacity ones."""
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from labeldistill_ros.model.config import BEVGridConfig
 from labeldistill_training.losses import stereodistill, unidistill
 from labeldistill_training.losses.detection import CenterPointTargetAssigner
+from labeldistill_training.models.label_encoder import rasterize_batch
 
 
 # ------------------------------------------------------------------------------------- references (previous code)
@@ -109,6 +110,56 @@ def ref_gaussian_box_mask(gt_boxes, grid: BEVGridConfig, min_overlap=0.7):
             ref_draw(G[b], (int(cx), int(cy)), r)
             idx[b][G[b] > before] = j
     return G, idx
+
+
+def _ref_cells_in_polygon(poly, cols, rows):
+    x, y = cols.float(), rows.float()
+    inside = torch.zeros_like(x, dtype=torch.bool)
+    on_edge = torch.zeros_like(inside)
+    for i in range(poly.shape[0]):
+        xi, yi = poly[i, 0].float(), poly[i, 1].float()
+        xj, yj = poly[i - 1, 0].float(), poly[i - 1, 1].float()
+        crosses = ((yi <= y) & (y < yj)) | ((yj <= y) & (y < yi))
+        dy = yj - yi
+        x_at = (xj - xi) * (y - yi) / (dy if float(dy) != 0 else 1.0) + xi
+        inside ^= crosses & (x < x_at)
+        cross = (xj - xi) * (y - yi) - (yj - yi) * (x - xi)
+        within = (x >= torch.minimum(xi, xj)) & (x <= torch.maximum(xi, xj)) & \
+                 (y >= torch.minimum(yi, yj)) & (y <= torch.maximum(yi, yj))
+        on_edge |= (cross == 0) & within
+    return inside | on_edge
+
+
+def ref_rasterize_labels(boxes, labels, grid: BEVGridConfig, num_classes=10, footprint_scale=0.5):
+    """The previous ``label_encoder.rasterize_labels`` (a Python loop per box)."""
+    H, W = grid.ny, grid.nx
+    box_map, label_map, mask = torch.zeros(9, H, W), torch.zeros(num_classes, H, W), torch.zeros(H, W)
+    boxes = torch.nan_to_num(boxes[:, :9].float())
+    signs = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, -1.0], [-1.0, 1.0]])
+    for j in range(boxes.shape[0]):
+        bx = boxes[j]
+        cx = (bx[0] - grid.x_min) / grid.cell
+        cy = (bx[1] - grid.y_min) / grid.cell
+        half_l = bx[3] / grid.cell * footprint_scale / 2
+        half_w = bx[4] / grid.cell * footprint_scale / 2
+        c, s = torch.cos(bx[6]), torch.sin(bx[6])
+        a = signs[:, 0] * half_l
+        b = signs[:, 1] * half_w
+        poly = torch.stack([cx + a * c - b * s, cy + a * s + b * c], dim=1).trunc().long()
+        c0, c1 = int(poly[:, 0].min()), int(poly[:, 0].max())
+        r0, r1 = int(poly[:, 1].min()), int(poly[:, 1].max())
+        rr, cc = torch.meshgrid(torch.arange(r0, r1 + 1), torch.arange(c0, c1 + 1), indexing="ij")
+        rr, cc = rr.flatten(), cc.flatten()
+        keep = _ref_cells_in_polygon(poly, cc, rr)
+        rr = rr[keep].clamp(0, H - 1)
+        cc = cc[keep].clamp(0, W - 1)
+        if rr.numel() == 0:
+            continue
+        mask[rr, cc] = 1.0
+        label_map[:, rr, cc] = 0.0
+        label_map[int(labels[j]), rr, cc] = 1.0
+        box_map[:, rr, cc] = bx[:, None]
+    return box_map, label_map, mask
 
 
 def _rect(cx, cy, l, w, yaw):
@@ -224,6 +275,18 @@ def test_gaussian_box_mask_matches_the_per_box_reference():
     assert torch.equal(unidistill.gaussian_box_mask(gts, GRID), G)
 
 
+@pytest.mark.parametrize("scale", [0.5, 1.0])
+def test_rasterize_batch_matches_the_per_box_reference(scale):
+    gen = torch.Generator().manual_seed(7)
+    gts = [random_gt(n, gen) for n in (45, 0, 12)]
+    boxes = [g[0] for g in gts]
+    labels = [g[1].clamp(max=9) for g in gts]
+    got = rasterize_batch(boxes, labels, GRID, footprint_scale=scale)
+    ref = [ref_rasterize_labels(b, lb, GRID, footprint_scale=scale) for b, lb in zip(boxes, labels)]
+    for g, r in zip(got, zip(*ref)):
+        assert torch.equal(g, torch.stack(r))
+
+
 def random_pairs(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Pairs from disjoint to nearly identical: b is a jittered a (centre, size, yaw each perturbed or not)."""
     u = torch.rand(n, 7, generator=gen)
@@ -276,7 +339,8 @@ def test_iou3d_hand_cases():
 
 
 def test_speed_vs_the_references(capsys):
-    """Not a benchmark: prints the old/new times of one typical batch (4 samples x 40 boxes; 300 IoU pairs)."""
+    """Not a benchmark: prints the old/new times of one typical batch (4 samples x 40 boxes, 128 x 128 cells;
+    300 IoU pairs)."""
     gen = torch.Generator().manual_seed(6)
     grid = BEVGridConfig()
     gts = [random_gt(40, gen, span=50.0) for _ in range(4)]
@@ -293,5 +357,8 @@ def test_speed_vs_the_references(capsys):
     old_a = clock(lambda: ref_assign(grid, TASKS, boxes, labels))
     new_i = min(clock(lambda: stereodistill.box_iou_3d(a, b)) for _ in range(3))
     old_i = clock(lambda: [ref_iou3d(x, y) for x, y in zip(a.tolist(), b.tolist())])
+    new_r = min(clock(lambda: rasterize_batch(boxes, [lb.clamp(max=9) for lb in labels], grid)) for _ in range(3))
+    old_r = clock(lambda: [ref_rasterize_labels(b, lb.clamp(max=9), grid) for b, lb in zip(boxes, labels)])
     with capsys.disabled():
-        print(f"\nassigner {old_a:.1f} -> {new_a:.1f} ms; iou3d x300 {old_i:.1f} -> {new_i:.1f} ms")
+        print(f"\nassigner {old_a:.1f} -> {new_a:.1f} ms; iou3d x300 {old_i:.1f} -> {new_i:.1f} ms; "
+              f"rasterise {old_r:.1f} -> {new_r:.1f} ms")

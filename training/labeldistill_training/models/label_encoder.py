@@ -10,6 +10,8 @@ Rasterisation (reference ``gen_labelinput``), per GT box on the teacher/student 
    straddling the border smear onto the border cells, as in the reference);
 3. every filled cell gets ``mask = 1``, ``label = one_hot(class, 10)`` and ``box = raw 9-d box`` (metres,
    radians, m/s; no normalisation). Later boxes overwrite earlier ones; empty cells are zero.
+
+All boxes of a batch are rasterised together (:func:`rasterize_batch`: batched tensor ops, one host sync).
 """
 from __future__ import annotations
 
@@ -23,18 +25,20 @@ from labeldistill_ros.model.config import BEVGridConfig
 
 
 def _cells_in_polygon(poly: torch.Tensor, cols: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Even-odd point-in-polygon with boundary points counted inside. ``poly (V, 2)`` (col, row) vertices;
-    ``cols, rows (P,)`` query points -> ``(P,)`` bool."""
+    """Even-odd point-in-polygon with boundary points counted inside, for many polygons at once.
+
+    ``poly (N, V, 2)`` integer (col, row) vertices; ``cols, rows (N, P)`` integer query points -> ``(N, P)`` bool
+    (exact: every value is a small integer in float32)."""
     x, y = cols.float(), rows.float()
     inside = torch.zeros_like(x, dtype=torch.bool)
     on_edge = torch.zeros_like(inside)
-    V = poly.shape[0]
-    for i in range(V):
-        xi, yi = poly[i, 0].float(), poly[i, 1].float()
-        xj, yj = poly[i - 1, 0].float(), poly[i - 1, 1].float()
+    V = poly.shape[1]
+    for i in range(V):  # the polygon's edges (4), each for all polygons and points
+        xi, yi = poly[:, i, 0:1].float(), poly[:, i, 1:2].float()
+        xj, yj = poly[:, i - 1, 0:1].float(), poly[:, i - 1, 1:2].float()
         crosses = ((yi <= y) & (y < yj)) | ((yj <= y) & (y < yi))
         dy = yj - yi
-        x_at = (xj - xi) * (y - yi) / (dy if float(dy) != 0 else 1.0) + xi
+        x_at = (xj - xi) * (y - yi) / torch.where(dy != 0, dy, torch.ones_like(dy)) + xi
         inside ^= crosses & (x < x_at)
         cross = (xj - xi) * (y - yi) - (yj - yi) * (x - xi)
         within = (x >= torch.minimum(xi, xj)) & (x <= torch.maximum(xi, xj)) & \
@@ -50,51 +54,59 @@ def rasterize_labels(boxes: torch.Tensor, labels: torch.Tensor, grid: BEVGridCon
     Args:
         boxes: ``(N, 9)`` ego boxes (x, y, z, l, w, h, yaw, vx, vy); NaN velocities are written as 0.
         labels: ``(N,)`` global class ids.
-        grid: the BEV grid.
+        grid: the BEV grid (square cells).
         footprint_scale: fraction of l and w covered by the rectangle (0.5 reference; 1.0 = full box).
     Returns:
         ``box_map (9, H, W)``, ``label_map (num_classes, H, W)``, ``mask (H, W)`` float tensors.
     """
-    H, W = grid.ny, grid.nx
-    dev = boxes.device
-    box_map = torch.zeros(9, H, W, device=dev)
-    label_map = torch.zeros(num_classes, H, W, device=dev)
-    mask = torch.zeros(H, W, device=dev)
-    boxes = torch.nan_to_num(boxes[:, :9].float())
-    # corner signs in cycle order, (along heading, across heading)
-    signs = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, -1.0], [-1.0, 1.0]], device=dev)
-    for j in range(boxes.shape[0]):
-        bx = boxes[j]
-        cx = (bx[0] - grid.x_min) / grid.cell
-        cy = (bx[1] - grid.y_min) / grid.cell
-        half_l = bx[3] / grid.cell * footprint_scale / 2
-        half_w = bx[4] / grid.cell * footprint_scale / 2
-        c, s = torch.cos(bx[6]), torch.sin(bx[6])
-        a = signs[:, 0] * half_l
-        b = signs[:, 1] * half_w
-        poly = torch.stack([cx + a * c - b * s, cy + a * s + b * c], dim=1).trunc().long()  # (4, 2) col,row
-        c0, c1 = int(poly[:, 0].min()), int(poly[:, 0].max())
-        r0, r1 = int(poly[:, 1].min()), int(poly[:, 1].max())
-        rr, cc = torch.meshgrid(torch.arange(r0, r1 + 1, device=dev), torch.arange(c0, c1 + 1, device=dev),
-                                indexing="ij")
-        rr, cc = rr.flatten(), cc.flatten()
-        keep = _cells_in_polygon(poly, cc, rr)
-        rr = rr[keep].clamp(0, H - 1)
-        cc = cc[keep].clamp(0, W - 1)
-        if rr.numel() == 0:
-            continue
-        mask[rr, cc] = 1.0
-        label_map[:, rr, cc] = 0.0
-        label_map[int(labels[j]), rr, cc] = 1.0
-        box_map[:, rr, cc] = bx[:, None]
-    return box_map, label_map, mask
+    box_map, label_map, mask = rasterize_batch([boxes], [labels], grid, num_classes, footprint_scale)
+    return box_map[0], label_map[0], mask[0]
 
 
 def rasterize_batch(gt_boxes: Sequence[torch.Tensor], gt_labels: Sequence[torch.Tensor], grid: BEVGridConfig,
                     num_classes: int = 10, footprint_scale: float = 0.5):
-    """Batched :func:`rasterize_labels` -> ``box (B, 9, H, W)``, ``label (B, C, H, W)``, ``mask (B, H, W)``."""
-    outs = [rasterize_labels(b, l, grid, num_classes, footprint_scale) for b, l in zip(gt_boxes, gt_labels)]
-    return tuple(torch.stack(t) for t in zip(*outs))
+    """:func:`rasterize_labels` of every sample -> ``box (B, 9, H, W)``, ``label (B, C, H, W)``, ``mask (B, H, W)``.
+
+    All boxes of the batch at once: the truncated footprint polygons, a window of cells per box (the largest
+    polygon's bounding box: the one host sync), the point-in-polygon test, the clip to the grid, and per cell the
+    last box (in GT order) that covers it, whose values the cell takes (the reference's overwrite order)."""
+    H, W, B = grid.ny, grid.nx, len(gt_boxes)
+    dev = gt_boxes[0].device if B else torch.device("cpu")
+    boxes = torch.cat([torch.nan_to_num(b[:, :9].float()) for b in gt_boxes] + [torch.zeros(0, 9, device=dev)])
+    labels = torch.cat([lb.long().to(dev) for lb in gt_labels] + [torch.zeros(0, dtype=torch.long, device=dev)])
+    sample = torch.cat([torch.full((int(b.shape[0]),), i, dtype=torch.long, device=dev)
+                        for i, b in enumerate(gt_boxes)] + [torch.zeros(0, dtype=torch.long, device=dev)])
+    n = int(boxes.shape[0])
+    winner = torch.full((B * H * W + 1,), -1, dtype=torch.long, device=dev)  # last slot: dropped cells
+    if n:
+        cx = (boxes[:, 0] - grid.x_min) / grid.cell
+        cy = (boxes[:, 1] - grid.y_min) / grid.cell
+        half_l = (boxes[:, 3] / grid.cell * footprint_scale / 2)[:, None]
+        half_w = (boxes[:, 4] / grid.cell * footprint_scale / 2)[:, None]
+        c, s = torch.cos(boxes[:, 6])[:, None], torch.sin(boxes[:, 6])[:, None]
+        # corner signs in cycle order, (along heading, across heading)
+        a = torch.tensor([1.0, 1.0, -1.0, -1.0], device=dev) * half_l
+        b = torch.tensor([1.0, -1.0, -1.0, 1.0], device=dev) * half_w
+        poly = torch.stack([cx[:, None] + a * c - b * s, cy[:, None] + a * s + b * c], dim=2).trunc().long()
+        lo, hi = poly.amin(1), poly.amax(1)  # (N, 2) (col, row) bounding boxes
+        ext = int((hi - lo).amax()) + 1  # the one sync: window side
+        off = torch.arange(ext, device=dev)
+        cc = (lo[:, 0:1, None] + off[None, None, :]).expand(n, ext, ext).reshape(n, -1)
+        rr = (lo[:, 1:2, None] + off[None, :, None]).expand(n, ext, ext).reshape(n, -1)
+        keep = (cc <= hi[:, 0:1]) & (rr <= hi[:, 1:2]) & _cells_in_polygon(poly, cc, rr)
+        flat = (sample[:, None] * H + rr.clamp(0, H - 1)) * W + cc.clamp(0, W - 1)
+        flat = torch.where(keep, flat, torch.full_like(flat, B * H * W))
+        obj = torch.arange(n, device=dev)[:, None].expand_as(flat)
+        winner.scatter_reduce_(0, flat.flatten(), obj.flatten(), "amax", include_self=True)
+    winner = winner[:-1].view(B, 1, H * W)
+    has = (winner >= 0).float()
+    label_map = torch.zeros(B, num_classes, H * W, device=dev)
+    if not n:
+        return torch.zeros(B, 9, H, W, device=dev), label_map.view(B, num_classes, H, W), has.view(B, H, W)
+    w = winner.clamp(min=0)
+    box_map = boxes.t().contiguous()[:, w[:, 0]].transpose(0, 1) * has  # (B, 9, H * W)
+    label_map.scatter_(1, labels[w], has)
+    return box_map.reshape(B, 9, H, W).contiguous(), label_map.view(B, num_classes, H, W), has.view(B, H, W)
 
 
 class BasicBlock(nn.Module):
