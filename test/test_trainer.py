@@ -215,6 +215,29 @@ def test_killed_and_stopped_runs_resume_to_the_uninterrupted_result(tmp_path):
     assert (resumed / "teacher" / "loss_curves.png").stat().st_size > 1000
 
 
+def test_step_callback_sees_each_step_and_can_stop(tmp_path):
+    """Trainer(on_step=...) gets a StepInfo after every optimizer step; returning True stops like max_steps."""
+    from labeldistill_training.trainer import Trainer
+    from trainer_helpers import collate, fake_config, fake_factory
+
+    torch.set_num_threads(1)
+    seen = []
+
+    def stop_at_3(info):
+        seen.append((info.epoch, info.iteration, info.step, info.stage))
+        assert info.loss > 0 and "hm" in " ".join(info.parts)
+        return info.step == 3
+
+    cfg = train_config_from_dict(fake_config(tmp_path, epochs=2, iters=2))
+    s = Trainer(cfg, "teacher", dataset_factory=fake_factory, collate_fn=collate, on_step=stop_at_3).fit()
+    assert seen == [(0, 1, 1, "teacher"), (0, 2, 2, "teacher"), (1, 1, 3, "teacher")]
+    assert s["stopped"] and s["global_step"] == 3 and not (tmp_path / "teacher" / "final.pt").exists()
+    state = read_payload(tmp_path / "teacher" / "last.pt", "teacher_state")
+    assert (state["epoch"], state["iteration"]) == (1, 1) and len(state["rng"]) == 1
+    s = Trainer(cfg, "teacher", dataset_factory=fake_factory, collate_fn=collate).fit()
+    assert not s["stopped"] and s["global_step"] == 4 and (tmp_path / "teacher" / "final.pt").is_file()
+
+
 def test_two_process_gloo_ddp(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     launcher = [str(torchrun)] if torchrun.exists() else [sys.executable, "-m", "torch.distributed.run"]

@@ -145,6 +145,7 @@ def test_init_checkpoint_and_resume_win_over_the_pretrained_backbone(tmp_path, c
     assert names == ["epoch_002.pt", "final.pt", "last.pt", "log.csv", "loss_curves.png", "student.pt",
                      "summary.json", "tb"], names  # tb: TensorBoard events (train extra)
     assert (d / "final.pt").is_symlink() and os.readlink(d / "final.pt") == "student.pt"
+    assert os.path.samefile(d / "epoch_002.pt", d / "student.pt")  # the last epoch's file: a link, not a copy
     rt = read_checkpoint(d / "student.pt")  # the runtime's reader (the node)
     assert {k: rt["extra"][k] for k in ("method", "epoch", "stage", "distiller")} == \
         {"method": "none", "epoch": 2, "stage": "student", "distiller": {}}

@@ -234,7 +234,7 @@ class Trainer:
         """One epoch (from ``run.iteration`` on after a mid-epoch resume); ``True`` when asked to stop."""
         skip, cfg = run.iteration, self.cfg
         seed_everything(cfg.trainer.seed * 1000003 + epoch * 1009 + self.dist.rank)
-        if skip and run.rng:
+        if skip and run.rng and self.dist.rank < len(run.rng):  # a rank the stopped run did not have: its seed
             set_rng_state(run.rng[self.dist.rank])
         elif not skip:
             run.sums = {}
