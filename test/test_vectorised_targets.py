@@ -113,21 +113,19 @@ def ref_gaussian_box_mask(gt_boxes, grid: BEVGridConfig, min_overlap=0.7):
 
 
 def _ref_cells_in_polygon(poly, cols, rows):
-    x, y = cols.float(), rows.float()
-    inside = torch.zeros_like(x, dtype=torch.bool)
-    on_edge = torch.zeros_like(inside)
-    for i in range(poly.shape[0]):
-        xi, yi = poly[i, 0].float(), poly[i, 1].float()
-        xj, yj = poly[i - 1, 0].float(), poly[i - 1, 1].float()
-        crosses = ((yi <= y) & (y < yj)) | ((yj <= y) & (y < yi))
-        dy = yj - yi
-        x_at = (xj - xi) * (y - yi) / (dy if float(dy) != 0 else 1.0) + xi
-        inside ^= crosses & (x < x_at)
-        cross = (xj - xi) * (y - yi) - (yj - yi) * (x - xi)
-        within = (x >= torch.minimum(xi, xj)) & (x <= torch.maximum(xi, xj)) & \
-                 (y >= torch.minimum(yi, yj)) & (y <= torch.maximum(yi, yj))
-        on_edge |= (cross == 0) & within
-    return inside | on_edge
+    """Per cell, in plain Python: on an edge (boundary counts inside) or inside by the even-odd ray rule."""
+    vs = [(float(c), float(r)) for c, r in poly.tolist()]
+    out = []
+    for px, py in zip(cols.tolist(), rows.tolist()):
+        hit = on = False
+        for (ax, ay), (bx, by) in zip(vs, vs[-1:] + vs[:-1]):
+            if (bx - ax) * (py - ay) == (by - ay) * (px - ax) and min(ax, bx) <= px <= max(ax, bx) \
+                    and min(ay, by) <= py <= max(ay, by):
+                on = True
+            if (ay <= py < by or by <= py < ay) and px < (bx - ax) * (py - ay) / (by - ay) + ax:
+                hit = not hit
+        out.append(hit or on)
+    return torch.tensor(out, dtype=torch.bool)
 
 
 def ref_rasterize_labels(boxes, labels, grid: BEVGridConfig, num_classes=10, footprint_scale=0.5):
