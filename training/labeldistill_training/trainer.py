@@ -183,15 +183,14 @@ class Trainer:
             self._print(f"init from {scfg.init_checkpoint}: {len(missing)} missing, {len(unexpected)} unexpected keys")
         self._print(self.describe_lr())
         opt = self.build_optimizer(trainable)
-        model = stage
-        if self.dist.world > 1:
-            model = nn.parallel.DistributedDataParallel(
-                stage, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=self.stage == "student")
-        run = _Run(stage, trainable, model, opt, optimization.build_scheduler(opt, cfg, self.stage),
+        run = _Run(stage, trainable, stage, opt, optimization.build_scheduler(opt, cfg, self.stage),
                    torch.amp.GradScaler("cuda", enabled=self.use_amp),
                    ema_model(trainable, cfg.trainer.ema_decay, cfg.trainer.ema_ramp) if scfg.ema else None)
         resumed = self._resume(run)
+        if self.dist.world > 1:
+            run.model = nn.parallel.DistributedDataParallel(
+                stage, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.stage == "student")
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         run.log = StageLog(self.out_dir, self.dist.is_main, cfg.trainer.log_interval, cfg.trainer.progress,
@@ -226,7 +225,7 @@ class Trainer:
         if run.epoch < self.scfg.epochs and self._at_max_steps(run):
             return True
         for epoch in range(run.epoch, self.scfg.epochs):
-            if self._train_epoch(run, epoch):
+            if self._train_epoch(run, epoch) and run.epoch < self.scfg.epochs:  # a stop at the very end is no stop
                 return True
         return False
 
@@ -306,7 +305,7 @@ class Trainer:
     def _end_epoch(self, run: _Run, epoch: int, n_iter: int, lr: float) -> None:
         """Step the lr schedule, write the epoch's weights and ``last.pt``, log the epoch's means."""
         run.sched.step()
-        run.iteration = 0
+        run.epoch, run.iteration = epoch + 1, 0
         if self.dist.is_main:
             self._save_epoch_weights(run, epoch)
         self._save_state(run, epoch, iteration=None)
