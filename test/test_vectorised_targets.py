@@ -11,7 +11,7 @@ import torch
 
 from labeldistill_ros.model.config import BEVGridConfig
 from labeldistill_training.losses import stereodistill, unidistill
-from labeldistill_training.losses.detection import CenterPointTargetAssigner
+from labeldistill_training.losses.detection import CenterPointTargetAssigner, splat_gaussians
 from labeldistill_training.models.label_encoder import rasterize_batch
 
 
@@ -262,6 +262,13 @@ def test_assigner_min_radius_and_empty_batch():
     with pytest.raises(ValueError, match="one task only"):
         CenterPointTargetAssigner(GRID, [(0, 1), (1,)])
 
+
+def test_splat_gaussians_radius_beyond_the_map():
+    """A radius larger than the map: the window is cut to the map, sigma still from the full radius."""
+    hm = torch.zeros(8, 10)
+    ref_draw(hm, (3, 2), 40)
+    got = splat_gaussians(1, 8, 10, torch.tensor([0]), torch.tensor([[3, 2]]), torch.tensor([40]), torch.tensor([True]))
+    assert torch.equal(got[0], hm)
 
 def test_gaussian_box_mask_matches_the_per_box_reference():
     gen = torch.Generator().manual_seed(3)

@@ -77,6 +77,7 @@ def splat_gaussians(num_maps: int, H: int, W: int, map_index: torch.Tensor, cell
     n = int(map_index.shape[0])
     R = int(torch.where(keep, radius + 1, torch.zeros_like(radius)).max()) - 1 if n else -1  # the one sync
     if R >= 0:  # some object is drawn
+        R = min(R, max(H, W) - 1)  # window cells farther than the map's side from a centre are off the map
         off = torch.arange(-R, R + 1, device=device)
         dy, dx = off.view(1, -1, 1), off.view(1, 1, -1)  # window (2R+1, 2R+1) per object
         r = radius.view(-1, 1, 1)
