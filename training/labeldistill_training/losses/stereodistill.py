@@ -4,7 +4,8 @@ code and only its abstract was verified; every constant below is a choice of thi
 * X-component guided distillation (XGD) for regression. At each GT centre cell the teacher's regression is split
   into components ``loc = (dx, dy, z)``, ``size = (log l, log w, log h)``, ``rot = (sin, cos)`` and
   ``vel = (vx, vy)``. For loc/size/rot a *pilot box* = the GT box with that component replaced by the teacher's
-  decoded one; the component is kept as a soft target only if ``IoU3D(pilot, GT) >= iou_thresh`` (0.7). ``vel``
+  decoded one (the runtime's box coder); the component is kept as a soft target only if ``IoU3D(pilot, GT) >=
+  iou_thresh`` (0.7; exact rotated 3D IoU, :func:`box_iou_3d`, batched over objects and components). ``vel``
   (absent in the stereo paper) is kept when ``|v_t - v_gt| <= vel_thresh`` (1 m/s). Loss:
   ``sum_objects sum_kept SmoothL1_{beta=1/9}(r_s^c, r_t^c) / max(1, #objects)``.
 * Cross-class logit distillation (CLD) for classification, the CenterPoint analogue of "cross-anchor": at each
