@@ -239,6 +239,33 @@ def test_step_callback_sees_each_step_and_can_stop(tmp_path):
     assert (tmp_path / "teacher" / "final.pt").is_file()
 
 
+@pytest.mark.parametrize("cpu_amp", [False, True])
+def test_cpu_amp_trains_in_bfloat16_with_fp32_weights(tmp_path, cpu_amp):
+    """stages.<stage>.cpu_amp: the step's convolutions run in bfloat16 autocast on the CPU, while the weights,
+    the optimizer and the written checkpoint stay float32; off, everything is float32."""
+    from labeldistill_training.trainer import Trainer
+    from trainer_helpers import collate, fake_config, fake_factory
+
+    torch.set_num_threads(1)
+    dtypes = []
+
+    class Probed(Trainer):
+        def build_stage(self):
+            stage = super().build_stage()
+            conv = next(m for m in stage.modules() if isinstance(m, torch.nn.Conv2d))
+            conv.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+            return stage
+
+    raw = fake_config(tmp_path, epochs=1, iters=2)
+    raw["stages"]["teacher"]["cpu_amp"] = cpu_amp
+    s = Probed(train_config_from_dict(raw), "teacher", dataset_factory=fake_factory, collate_fn=collate).fit()
+    assert s["global_step"] == 2
+    train_dtypes = set(dtypes[:2])  # the two training steps (evaluation afterwards runs without autocast)
+    assert train_dtypes == ({torch.bfloat16} if cpu_amp else {torch.float32})
+    sd = read_payload(tmp_path / "teacher" / "final.pt", "teacher")["state_dict"]
+    assert all(v.dtype == torch.float32 for v in sd.values() if v.is_floating_point())
+
+
 def test_two_process_gloo_ddp(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     launcher = [str(torchrun)] if torchrun.exists() else [sys.executable, "-m", "torch.distributed.run"]

@@ -141,6 +141,9 @@ class Trainer:
             collate_fn = collate_fn or cf
         self.dataset_factory, self.collate_fn = dataset_factory, collate_fn
         self.use_amp = bool(self.scfg.amp and self.device.type == "cuda")
+        # autocast dtype of a training step: fp16 + GradScaler on CUDA, bf16 on the CPU (stage's cpu_amp), or None
+        self.autocast_dtype = torch.float16 if self.use_amp else \
+            torch.bfloat16 if (self.scfg.cpu_amp and self.device.type == "cpu") else None
 
     # ------------------------------------------------------------------------------------------------ building
     def build_stage(self) -> nn.Module:
@@ -182,6 +185,8 @@ class Trainer:
             missing, unexpected = trainable.load_state_dict(sd, strict=False)
             self._print(f"init from {scfg.init_checkpoint}: {len(missing)} missing, {len(unexpected)} unexpected keys")
         self._print(self.describe_lr())
+        if self.autocast_dtype is not None:
+            self._print(f"[{self.stage}] autocast {str(self.autocast_dtype).replace('torch.', '')} on {self.device}")
         opt = self.build_optimizer(trainable)
         run = _Run(stage, trainable, stage, opt, optimization.build_scheduler(opt, cfg, self.stage),
                    torch.amp.GradScaler("cuda", enabled=self.use_amp),
@@ -263,7 +268,8 @@ class Trainer:
         dev = self.device
         t0 = time.perf_counter()
         batch = batch_to(batch, dev)
-        with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=self.use_amp):
+        with torch.autocast(device_type=dev.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
             loss, parts = run.model(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"[{self.stage}] non-finite loss at epoch {epoch} step {run.step}: "
