@@ -34,8 +34,12 @@ def test_stage_chain_on_tiny_set(tiny_root, tmp_path):  # noqa: F811
     assert s_l["global_step"] == 4
     rows = list(csv.DictReader(open(work / "label_encoder/log.csv")))
     assert [r["kind"] for r in rows].count("epoch") == 2
-    s_s = Trainer(cfg("student"), "student").fit()
+    s_s = Trainer(cfg("student", distill={"method": "labeldistill", "kd_warmup_steps": 4}), "student").fit()
     assert s_s["global_step"] == 2
+    # distill.kd_warmup_steps: the KD terms' weight ramps 1/4, 2/4, ... over the first optimizer steps
+    warm = [float(r["loss_warmup_weight"]) for r in csv.DictReader(open(work / "student/log.csv"))
+            if r["kind"] == "train"]
+    assert warm == [0.25, 0.5]
     m = json.loads((work / "student/metrics.json").read_text())
     assert 0.0 <= m["mAP"] <= 1.0 and 0.0 <= m["NDS"] <= 1.0 and m["num_samples"] == 4
     # per class, the highest recall of its 2 m PR curve (the devkit's metric data), 0 for a class never detected

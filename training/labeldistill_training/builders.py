@@ -138,4 +138,4 @@ def build_stage(cfg: TrainConfig, model_cfg, stage: str, log: Callable[[str], No
     return StudentStage(student, distiller, teacher, label_encoder, assigner,
                         CenterPointLoss(cfg.student.code_weights), depth, grid, ncls,
                         cfg.label_encoder.footprint_scale,
-                        d.cmkd.unlabeled_fraction if d.method == "cmkd" else 0.0)
+                        d.cmkd.unlabeled_fraction if d.method == "cmkd" else 0.0, d.kd_warmup_steps)

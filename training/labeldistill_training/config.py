@@ -175,9 +175,14 @@ class StereoDistillConfig:
 
 @dataclass
 class DistillConfig:
-    """``method``: none | labeldistill | unidistill | cmkd | stereodistill (the student stage only)."""
+    """``method``: none | labeldistill | unidistill | cmkd | stereodistill (the student stage only).
+    ``kd_warmup_steps``: the weight of every distillation term ramps linearly from 1/N to 1 over the first N
+    optimizer steps of the student stage (0 = off: the reference methods have no warm-up). A switch for short
+    from-scratch budgets, where at initialisation the feature-imitation terms' gradients on the camera branch are
+    larger than the detection loss's and nearly orthogonal to it (``bench/results/distill_probe.json``)."""
 
     method: str = "labeldistill"
+    kd_warmup_steps: int = 0
     labeldistill: LabelDistillConfig = field(default_factory=LabelDistillConfig)
     unidistill: UniDistillConfig = field(default_factory=UniDistillConfig)
     cmkd: CMKDConfig = field(default_factory=CMKDConfig)
@@ -361,6 +366,7 @@ def _validate(cfg: TrainConfig, src: str) -> None:
     _check(0 < cfg.label_encoder.footprint_scale <= 1, src, "'label_encoder.footprint_scale' must be in (0, 1]")
     m = cfg.distill.method
     close = difflib.get_close_matches(m, METHODS, n=1)
+    _check(cfg.distill.kd_warmup_steps >= 0, src, "'distill.kd_warmup_steps' must be >= 0 (0 = no warm-up)")
     _check(m in METHODS, src, f"'distill.method' = {m!r} is not one of {', '.join(METHODS)}"
            + (f"; did you mean {close[0]!r}?" if close else ""))
     ld = cfg.distill.labeldistill

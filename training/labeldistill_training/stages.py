@@ -113,15 +113,18 @@ class StudentStage(nn.Module):
 
     ``frozen_teacher`` / ``frozen_label_encoder`` are :class:`Frozen` (or ``None`` when the method needs none);
     their forwards run under ``no_grad``. ``batch["has_labels"]`` (bool ``(B,)``, optional) marks samples whose
-    labels are withheld (CMKD unlabeled mode): their GT detection loss is dropped.
+    labels are withheld (CMKD unlabeled mode): their GT detection loss is dropped. ``kd_warmup_steps`` > 0 scales
+    the distiller's loss by ``min(1, (step + 1) / kd_warmup_steps)``, ``step`` being the optimizer steps done
+    (the trainer calls :meth:`set_step` before each one; logged as ``warmup_weight``).
     """
 
     def __init__(self, student: nn.Module, distiller: nn.Module, frozen_teacher: Optional[Frozen],
                  frozen_label_encoder: Optional[Frozen], assigner: CenterPointTargetAssigner, det_loss: CenterPointLoss,
                  depth_loss: DepthLoss, grid: BEVGridConfig, num_classes: int, footprint_scale: float,
-                 unlabeled_fraction: float = 0.0) -> None:
+                 unlabeled_fraction: float = 0.0, kd_warmup_steps: int = 0) -> None:
         super().__init__()
         self.unlabeled_fraction = unlabeled_fraction
+        self.kd_warmup_steps, self.step = int(kd_warmup_steps), 0
         self.student = student
         self.distiller = distiller
         self.frozen_teacher = frozen_teacher
@@ -132,6 +135,16 @@ class StudentStage(nn.Module):
 
     def trainable(self) -> nn.Module:
         return self._trainable
+
+    def set_step(self, step: int) -> None:
+        """Optimizer steps done so far in the stage (drives the KD warm-up; restored on resume by the trainer)."""
+        self.step = int(step)
+
+    def kd_weight(self) -> float:
+        """The distillation terms' weight at the current step: 1 without a warm-up."""
+        if self.kd_warmup_steps <= 0:
+            return 1.0
+        return min(1.0, (self.step + 1) / self.kd_warmup_steps)
 
     def forward(self, batch: dict):
         out = self.student(**student_inputs(batch))
@@ -154,6 +167,9 @@ class StudentStage(nn.Module):
             label_feats = self.frozen_label_encoder(bm, lm)
         kd, kd_parts = self.distiller(out, teacher_out, label_feats, targets, boxes)
         parts.update({"kd_" + k: v for k, v in kd_parts.items()})
+        if self.kd_warmup_steps > 0:
+            parts["warmup_weight"] = self.kd_weight()
+            kd = kd * parts["warmup_weight"]
         if sample_mask is not None:
             parts["labeled_fraction"] = sample_mask.float().mean()
         return total + kd, parts

@@ -267,6 +267,8 @@ class Trainer:
         """One optimizer step on ``batch`` (forward, backward, clip, step, EMA) and its log row."""
         dev = self.device
         t0 = time.perf_counter()
+        if hasattr(run.stage, "set_step"):
+            run.stage.set_step(run.step)
         batch = batch_to(batch, dev)
         with torch.autocast(device_type=dev.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
