@@ -6,7 +6,7 @@ VENV_PY := .venv/bin/python
 # The ROS-facing tests (node, messages, bags, interfaces and type hashes, ros_compat, transport, launch parameters)
 # also run against ROS 2 Jazzy, in .venv-jazzy (vehicles run Humble/Jazzy; .venv is Kilted): make test-jazzy.
 VENV_JAZZY_PY := .venv-jazzy/bin/python
-ROS_TESTS := test/test_interfaces.py test/test_ros_compat.py test/test_ros_transport.py \
+ROS_TESTS := test/test_interfaces.py test/test_ros_convert.py test/test_ros_compat.py test/test_ros_transport.py \
 	test/test_node_messages.py test/test_node_calibration.py test/test_node_ros.py test/test_node_params.py \
 	test/test_node_startup.py test/test_node_bad_inputs.py test/test_node_inference.py test/test_node_policies.py \
 	test/test_node_vehicle_defaults.py test/test_node_bag_loop.py test/test_temporal_live.py \

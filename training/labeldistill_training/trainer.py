@@ -100,6 +100,16 @@ class _Run:
     step_times: list = field(default_factory=list)
 
 
+def cpu_has_native_bf16() -> Optional[bool]:
+    """Whether the CPU computes bfloat16 natively (Linux ``/proc/cpuinfo`` flags ``avx512_bf16`` or
+    ``amx_bf16``); ``None`` where that cannot be read."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return None
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 class Trainer:
     """Trains one stage of a :class:`~labeldistill_training.config.TrainConfig`.
 
@@ -187,6 +197,10 @@ class Trainer:
         self._print(self.describe_lr())
         if self.autocast_dtype is not None:
             self._print(f"[{self.stage}] autocast {str(self.autocast_dtype).replace('torch.', '')} on {self.device}")
+        if self.autocast_dtype is torch.bfloat16 and cpu_has_native_bf16() is False:
+            self._print(f"[{self.stage}] WARNING: stages.{self.stage}.cpu_amp is on but this CPU has no native "
+                        "bfloat16 (no avx512_bf16 / amx_bf16 flag): bf16 is emulated and slower than fp32 here; "
+                        f"set stages.{self.stage}.cpu_amp=false")
         opt = self.build_optimizer(trainable)
         run = _Run(stage, trainable, stage, opt, optimization.build_scheduler(opt, cfg, self.stage),
                    torch.amp.GradScaler("cuda", enabled=self.use_amp),
