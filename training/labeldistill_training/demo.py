@@ -7,8 +7,9 @@ Steps (each is skipped when its output already exists; a killed run resumes wher
   4. student        ``labeldistill-train --stage student``: the camera student distilled with LabelDistill
   5. export         the student's inference graph with torch.export (``student.pt2``)
   6. bag            ``labeldistill-nusc2bag``: the validation scenes as a rosbag2 (MCAP, JPEG images)
-  7. replay         ``labeldistill-bag-eval live``: the bag played through the real ROS 2 detector node,
-                    its detections recorded and scored with nuscenes-devkit (mAP, NDS), BEV PNGs
+  7. replay         ``labeldistill-bag-eval live --autoware``: the bag played through the real ROS 2 detector
+                    node, its Detection3DArray and DetectedObjects (the velocities) recorded and scored with
+                    nuscenes-devkit (mAP, NDS, mAVE), BEV PNGs
 Everything lands in ``demo_output/``. Options: ``--out DIR``, ``--seed N``, ``--fresh`` (start over).
 """
 from __future__ import annotations
@@ -80,7 +81,7 @@ class Demo:
         return self.eval_dir / "bag_eval.json", lambda: self._run(
             "labeldistill_training.tools.bag_eval", "live", "--bag", self.bag, "--dataroot", self.dataroot,
             "--version", "v1.0-synth", "--checkpoint", self.student_ckpt, "--out", self.eval_dir,
-            "--lockstep", "--node-log", self.out / "detector_node.log")
+            "--lockstep", "--autoware", "--node-log", self.out / "detector_node.log")
 
     def steps(self):
         return [("synth", self.synth), ("teacher", self.teacher), ("label_encoder", self.label_encoder),
