@@ -44,9 +44,11 @@ class Demo:
         subprocess.run(cmd, check=True, cwd=ROOT)
 
     def _train(self, stage: str) -> None:
+        # the student is scored live through the node (step 7), not a second time offline
+        extra = ["--set", "trainer.eval_at_end=false"] if stage == "student" else []
         self._run("labeldistill_training.cli", "--config", TRAIN_CONFIG, "--stage", stage,
                   "--set", f"data.dataroot={self.dataroot}", "--set", f"trainer.work_dir={self.work}",
-                  "--set", f"trainer.seed={self.seed}", "--set", "distill.method=labeldistill")
+                  "--set", f"trainer.seed={self.seed}", "--set", "distill.method=labeldistill", *extra)
 
     # -- steps: (output that marks the step done, action) ------------------------------------------------
     def synth(self):
