@@ -28,6 +28,41 @@ def _domain_id() -> int:
 
 DOMAIN_ID = _domain_id()
 apply_dds_environment("local", DOMAIN_ID)
+# One intra-op thread for torch (and OpenMP/BLAS) in every test process and the processes it starts: two pytest
+# workers share two cores, and a second thread per process only makes parallel kernels spin against each other
+# (a 60-step training loop took 5x longer with torch's default of one thread per core). A value set by the caller
+# is kept; the node's own cpu_threads parameter still applies inside the node.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+# The longest tests start first (after the xdist groups, which --dist loadgroup hands out before single tests), so
+# the two workers do not end with one of them running a minute-long test alone. Whole modules or tests without
+# module-scoped fixtures, so no module fixture is built twice on one worker.
+SLOW_FIRST = (
+    "test_real_parity.py::",
+    "test_compiled_backend.py::test_compiled_backend_gives_eager_boxes",
+    "test_trainer.py::test_killed_and_stopped_runs_resume_to_the_uninterrupted_result",
+    "test_temporal_live.py::",
+    "test_export.py::",
+    "test_trainer.py::test_two_process_gloo_ddp",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Move the tests named in SLOW_FIRST to the front, in that order; the rest keep their order."""
+    def rank(item) -> int:
+        nodeid = item.nodeid.rsplit("/", 1)[-1]
+        return next((i for i, prefix in enumerate(SLOW_FIRST) if nodeid.startswith(prefix)), len(SLOW_FIRST))
+
+    items[:] = sorted(items, key=rank)  # stable: the same order in every worker, as xdist requires
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread_per_worker():
+    """torch intra-op threads = OMP_NUM_THREADS for the whole worker (in case torch was imported before it was set)."""
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture

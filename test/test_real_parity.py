@@ -23,7 +23,9 @@ from node_support import CAMS, CPU_CONFIG, NodeHarness, camera_info_msg, real_sa
 from labeldistill_ros.ros_convert import transform_msg
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.usefixtures("one_torch_thread")]
-STEPS = 50
+# Overfit steps: enough for a clear margin over the 8 confident boxes the comparison needs (measured on the real
+# frame, seed 0: 20 steps give 0 boxes >= 0.35, 25 give 16, 30 give 22, 50 give 37; parity was 100 % each time).
+STEPS = 30
 SCORE = 0.35
 TOL_M = 0.25
 

@@ -175,14 +175,15 @@ def _rows(work: Path, kind: str) -> list[list[str]]:
     return [dict(zip(header, r.split(","))) for r in lines[1:] if r.startswith(kind)]
 
 
-def test_killed_and_stopped_runs_resume_to_the_uninterrupted_result(tmp_path):
+def test_killed_and_stopped_runs_resume_to_the_uninterrupted_result(tmp_path, capsys):
     """A crash mid-epoch (SIGKILL from a step callback at step 6) resumes after the last completed epoch; a clean
     stop by trainer.max_steps inside an epoch (step 10 of 12) resumes at the next batch with the random states,
-    schedule, EMA and epoch sums it had: the final weights and the logged losses equal an uninterrupted run."""
+    schedule, EMA and epoch sums it had: the final weights and the logged losses equal an uninterrupted run.
+    The killed run is a process of its own; the others run the same entry point in this process."""
+    from trainer_helpers import main as train
+
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     cmd = [sys.executable, str(HELPER), "--epochs", "3", "--work-dir"]
-    p_full = subprocess.Popen(cmd + [str(full)], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
     # 4 iterations per epoch: step 6 is in the middle of the second epoch
     r = subprocess.run(cmd + [str(resumed), "--kill-at-step", "6"], env=_env(), capture_output=True, text=True)
     assert r.returncode == -9, r.stdout + r.stderr
@@ -191,17 +192,19 @@ def test_killed_and_stopped_runs_resume_to_the_uninterrupted_result(tmp_path):
     assert not any(n.endswith(".tmp") for n in names)
     state = read_payload(resumed / "teacher" / "last.pt", "teacher_state")
     assert state["epoch"] == 0 and state["iteration"] is None and state["global_step"] == 4
-    r = subprocess.run(cmd + [str(resumed), "--max-steps", "10"], env=_env(), capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "resuming from" in r.stdout and '"global_step": 10' in r.stdout and '"stopped": true' in r.stdout
+    capsys.readouterr()
+    assert train(["--epochs", "3", "--work-dir", str(resumed), "--max-steps", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming from" in out and '"global_step": 10' in out and '"stopped": true' in out
     state = read_payload(resumed / "teacher" / "last.pt", "teacher_state")
     assert (state["epoch"], state["iteration"], state["global_step"]) == (2, 2, 10)
     assert state["scheduler"]["last_epoch"] == 2 and not (resumed / "teacher" / "final.pt").exists()
-    r = subprocess.run(cmd + [str(resumed)], env=_env(), capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "in epoch 3 after 2 batches (step 10)" in r.stdout and '"global_step": 12' in r.stdout
-    out, _ = p_full.communicate(timeout=300)
-    assert p_full.returncode == 0, out
+    assert train(["--epochs", "3", "--work-dir", str(resumed)]) == 0
+    out = capsys.readouterr().out
+    assert "in epoch 3 after 2 batches (step 10)" in out and '"global_step": 12' in out
+    assert train(["--epochs", "3", "--work-dir", str(full)]) == 0
+    out = capsys.readouterr().out
+    assert '"global_step": 12' in out and "resuming from" not in out
     a, b = _final(full), _final(resumed)
     assert a.keys() == b.keys()
     for k in a:
