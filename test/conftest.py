@@ -42,7 +42,6 @@ SLOW_FIRST = (
     "test_real_parity.py::",
     "test_compiled_backend.py::test_compiled_backend_gives_eager_boxes",
     "test_trainer.py::test_killed_and_stopped_runs_resume_to_the_uninterrupted_result",
-    "test_temporal_live.py::",
     "test_export.py::",
     "test_trainer.py::test_two_process_gloo_ddp",
 )
