@@ -312,11 +312,16 @@ def run_live(bag: str | Path, checkpoint: str, device: str = "cpu", score_thresh
     finally:
         if player is not None:
             player.close()
-        ex.shutdown(timeout_sec=1.0)
+        # The spin thread must have left the executor before the node is destroyed: destroying a node that another
+        # thread still spins can deadlock inside rcl_node_fini under the GIL (ros2/rclpy#1722). A thread that does
+        # not stop in time keeps its node (a daemon thread; the process reclaims both at exit).
+        ex.shutdown(timeout_sec=10.0)
+        spin.join(timeout=10.0)
         if bag_rec is not None:
             bag_rec.close()
-        node.destroy_node()
-        rclpy.try_shutdown(context=ctx)
+        if not spin.is_alive():
+            node.destroy_node()
+            rclpy.try_shutdown(context=ctx)
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
             try:
