@@ -48,7 +48,7 @@ def test_probe_groups_and_per_term_gradients():
     from labeldistill_ros.model.config import load_model_config
     from labeldistill_training.losses.depth import DepthLoss
     from labeldistill_training.losses.detection import CenterPointLoss, CenterPointTargetAssigner
-    from labeldistill_training.builders import bev_grid, build_student, task_class_ids
+    from labeldistill_training.builders import build_student, task_class_ids
     from labeldistill_training.stages import StudentStage
     from test_distill import _batch
 
@@ -57,7 +57,7 @@ def test_probe_groups_and_per_term_gradients():
     student = build_student(mcfg)
     groups = bench_distill_probe.group_params(student)
     assert set(groups) == {"depth_net", "image_stem_stage1", "bev_trunk_stage1", "head"}
-    grid = bev_grid(mcfg)
+    grid = mcfg.bev_grid
     dn = mcfg.depth_net
     from labeldistill_training.distill import NoDistill
 

@@ -13,7 +13,7 @@ from labeldistill_training.distill import LabelDistillDistiller, build_distiller
 from labeldistill_training.losses.depth import DepthLoss
 from labeldistill_training.losses.detection import CenterPointLoss, CenterPointTargetAssigner
 from labeldistill_training.models.adaptors import partition_slices
-from labeldistill_training.builders import (bev_grid, build_label_encoder, build_student, build_teacher, distiller_for,
+from labeldistill_training.builders import (build_label_encoder, build_student, build_teacher, distiller_for,
                                             task_class_ids)
 from labeldistill_training.stages import Frozen, StudentStage
 from labeldistill_ros.model.config import load_model_config
@@ -76,7 +76,7 @@ def student_and_batch():
 def test_student_stage_frozen_modules(method, student_and_batch):
     cfg = _cfg(method)
     mcfg = load_model_config(cfg.model_config)
-    grid = bev_grid(mcfg)
+    grid = mcfg.bev_grid
     student, batch = student_and_batch
     student.zero_grad(set_to_none=True)
     distiller = distiller_for(cfg, mcfg, student)
@@ -124,7 +124,7 @@ def test_cmkd_unlabeled_samples_train_from_the_teacher_alone(student_and_batch):
 
     cfg = _cfg("cmkd")
     mcfg = load_model_config(cfg.model_config)
-    grid = bev_grid(mcfg)
+    grid = mcfg.bev_grid
     student, batch = student_and_batch
     student.zero_grad(set_to_none=True)
     distiller = build_distiller("cmkd", (mcfg.bev_channels, mcfg.bev_trunk.base_channels), cfg.teacher.encoder_channels,

@@ -8,7 +8,6 @@ from typing import Callable
 import torch.nn as nn
 
 from labeldistill_ros.model.checkpoint import read_payload
-from labeldistill_ros.model.config import BEVGridConfig
 from labeldistill_training.config import TrainConfig, resolve_path
 from labeldistill_training.distill import build_distiller
 from labeldistill_training.losses.depth import DepthLoss
@@ -23,17 +22,12 @@ def task_class_ids(model_cfg) -> list[tuple[int, ...]]:
     return [tuple(model_cfg.class_names.index(c) for c in g) for g in model_cfg.head.task_groups]
 
 
-def bev_grid(model_cfg) -> BEVGridConfig:
-    """The BEV grid the losses, rasteriser and teacher work on: the model config's own (square cells)."""
-    return model_cfg.bev_grid
-
-
 def build_teacher(cfg: TrainConfig, model_cfg) -> LidarTeacher:
     """LiDAR teacher on the student's grid with the student's :class:`CenterHead` class."""
     from labeldistill_ros.model.head import CenterHead
 
     t = cfg.teacher
-    grid = bev_grid(model_cfg)
+    grid = model_cfg.bev_grid
     if abs(t.pillar_size[0] - t.pillar_size[1]) > 1e-9:
         raise ValueError("teacher.pillar_size must be square")
     stride = grid.cell / t.pillar_size[0]
@@ -51,7 +45,7 @@ def build_teacher(cfg: TrainConfig, model_cfg) -> LidarTeacher:
 
 
 def build_label_encoder(cfg: TrainConfig, model_cfg) -> LabelEncoder:
-    grid = bev_grid(model_cfg)
+    grid = model_cfg.bev_grid
     return LabelEncoder(cfg.teacher.backbone_channels, (1, 2), (grid.ny, grid.nx), cfg.label_encoder.hidden, 9,
                         len(model_cfg.class_names))
 
@@ -66,7 +60,7 @@ def distiller_for(cfg: TrainConfig, model_cfg, student: nn.Module) -> nn.Module:
     """The distiller of ``cfg.distill.method`` sized for ``student`` (a built :class:`StudentDetector`)."""
     d = cfg.distill
     return build_distiller(d.method, (model_cfg.bev_channels, model_cfg.bev_trunk.base_channels),
-                           cfg.teacher.encoder_channels, cfg.teacher.backbone_channels, bev_grid(model_cfg),
+                           cfg.teacher.encoder_channels, cfg.teacher.backbone_channels, model_cfg.bev_grid,
                            d.labeldistill, d.unidistill, d.cmkd, d.stereodistill,
                            feature_channels=student.bev_encoder.out_channels,
                            num_tasks=len(model_cfg.head.task_groups), head_channels=model_cfg.head.head_conv_channels)
@@ -115,7 +109,7 @@ def load_frozen(cfg: TrainConfig, stage: str, which: str, module: nn.Module) -> 
 
 def build_stage(cfg: TrainConfig, model_cfg, stage: str, log: Callable[[str], None] = print) -> nn.Module:
     """The stage module of ``stage`` with its frozen inputs loaded (student: ImageNet backbone when configured)."""
-    grid = bev_grid(model_cfg)
+    grid = model_cfg.bev_grid
     assigner = CenterPointTargetAssigner(grid, task_class_ids(model_cfg))
     ncls = len(model_cfg.class_names)
     if stage == "teacher":

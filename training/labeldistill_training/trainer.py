@@ -48,7 +48,7 @@ import torch.nn as nn
 from labeldistill_ros.model.checkpoint import atomic_save, read_payload
 from labeldistill_training import optimization, stage_eval
 from labeldistill_training.batch import batch_to
-from labeldistill_training.builders import bev_grid, build_stage
+from labeldistill_training.builders import build_stage
 from labeldistill_training.checkpoints import (init_state, link_or_copy, prune_epochs, rng_state, save_weights,
                                                set_rng_state, training_state)
 from labeldistill_training.config import STAGES, TrainConfig, resolve_path
@@ -143,7 +143,7 @@ class Trainer:
         self.model_cfg = with_data_prev_offsets(cfg, with_data_image_transform(cfg, load_model_config(mpath)))
         self.data_config = None if cfg.data is None else \
             data_config_for_stage(cfg, self.model_cfg, stage, cfg.distill.method)
-        self.grid = bev_grid(self.model_cfg)
+        self.grid = self.model_cfg.bev_grid
         self.out_dir = Path(resolve_path(cfg, cfg.trainer.work_dir)) / stage
         if dataset_factory is None or collate_fn is None:
             df, cf = default_datasets()
