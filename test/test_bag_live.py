@@ -93,8 +93,9 @@ def test_live_replay_equals_offline(offline, bag, checkpoint, nusc_dataset, tmp_
     rec = frames_from_topic(tmp_path / "recording", NODE_OUTPUT, NODE_OBJECTS).frames
     assert [f.stamp_ns for f in rec] == [f.stamp_ns for f in live.frames]
     for a, b in zip(rec, live.frames):
-        # the same message bytes; the object-frame twist is rotated back to base_link by the rosbags and the rclpy
-        # readers with float64 arithmetic in a different order: equal to the last bits (seen: 1.7e-17 apart)
+        # the same message bytes through the same decoder (bag/detections.py), from rosbags and from rclpy messages;
+        # the twist's rotation back to base_link may differ in the last bit (seen once: 1.7e-17 apart; numpy's SIMD
+        # cos/sin can round differently with an array's memory alignment)
         np.testing.assert_allclose(a.boxes, b.boxes, rtol=0, atol=1e-12)
     # Both go through the same scorer; equal boxes and velocities give equal mAP and mAVE.
     rep_live = score(bag, live, str(nusc_dataset[0]), nusc_dataset[1], tmp_path / "live", bev=1)
