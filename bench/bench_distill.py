@@ -15,10 +15,16 @@
    ``NDS_std``, ``gain_NDS_pts`` / ``gain_NDS_se`` (and mAP), ``per_class_max_recall`` (mean over seeds),
    ``classes_under_min_recall``, ``step_ms``, ``seeds`` (the per-seed results); plus the budget and machine.
 
-Budget (defaults: batch 2; teacher 2 epochs, label encoder 1 epoch, student 1 epoch per method and seed; one epoch
-of the 380 training samples = 190 steps): sized for about an hour per seed on 2 otherwise idle CPU cores (a shared
-machine takes longer). It is far below convergence: the numbers compare the methods' early training, not final
-accuracy. Step times are wall-clock on a possibly shared machine: compare them within one run only.
+Budget (defaults: the config's batch, 4, with its lr scaling; teacher 2 epochs, label encoder 1 epoch, student
+1 epoch per method and seed; every stage of more than one epoch runs its last epoch at lr / 10, the demo's
+schedule). It is far below convergence: the numbers compare the methods' early training, not final accuracy. The
+multi-seed comparison in the README (``bench/results/distill.json``) ran
+
+    python bench/bench_distill.py --size demo --teacher-epochs 6 --label-encoder-epochs 3 --student-epochs 4 \
+        --seeds 3 --jobs 2 --fresh
+
+(the demo's teacher and label encoder; 15 students of 192 steps, two at a time with one torch thread each).
+Step times are wall-clock on a possibly shared machine: compare them within one run only.
 ``--device cuda`` trains on the GPU (fp16 autocast per the stage's ``amp``).
 """
 from __future__ import annotations
@@ -100,15 +106,37 @@ def run_stage(cfg_path: Path, stage: str, overrides: dict, device=None) -> dict:
 
 
 def budget(epochs: int, max_iters: int | None) -> dict:
-    """A stage budget without LR decay (milestone past the end: these budgets are short)."""
-    return {"epochs": epochs, "max_iters_per_epoch": max_iters, "milestones": [epochs + 1]}
+    """A stage budget of ``epochs``, the last one at lr / 10 when there is more than one (the demo's schedule:
+    ``config/train/cpu_small.yaml``; a one-epoch budget keeps the full lr)."""
+    return {"epochs": epochs, "max_iters_per_epoch": max_iters, "milestones": [epochs - 1] if epochs > 1 else [2]}
 
 
-def base_overrides(data: Path, work: Path, batch_size: int, seed: int, workers: int = 0) -> dict:
-    """Config overrides every stage shares: data root, batch, shared work dir, seed, quiet logging."""
-    return {"data": {"dataroot": str(data)}, "loader": {"batch_size": batch_size, "num_workers": workers},
+def base_overrides(data: Path, work: Path, batch_size: int | None, seed: int, workers: int = 0) -> dict:
+    """Config overrides every stage shares: data root, batch (None: the config's), shared work dir, seed, quiet
+    logging."""
+    loader = {"num_workers": workers} if batch_size is None else {"batch_size": batch_size, "num_workers": workers}
+    return {"data": {"dataroot": str(data)}, "loader": loader,
             "trainer": {"work_dir": str(work / "shared"), "seed": seed, "progress": sys.stderr.isatty(),
                         "log_interval": 5}}
+
+
+def _init_worker(threads: int) -> None:
+    """A ``--jobs`` worker process: its share of the cores as torch intra-op threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _student_run(cfg_path: Path, over: dict, device, run_dir: Path, method: str, seed: int) -> dict:
+    """One student run (one method, one seed) from scratch; returns its per-seed record."""
+    shutil.rmtree(run_dir, ignore_errors=True)  # same budget from scratch for every method
+    summ = run_stage(cfg_path, "student", over, device)
+    m = summ.get("metrics") or {}
+    return {"seed": seed, "mAP": m.get("mAP"), "NDS": m.get("NDS"),
+            "step_ms": summ.get("step_ms"), "steps": summ.get("global_step"), "wall_s": summ.get("wall_s"),
+            "tp_errors": {k: m.get(k) for k in ("trans_err", "scale_err", "orient_err", "vel_err", "attr_err")},
+            "class_ap": m.get("class_ap") or {},
+            "per_class_max_recall": m.get("per_class_max_recall") or {}}
 
 
 def ensure_shared(cfg_path: Path, base: dict, work: Path, teacher_epochs: int, label_encoder_epochs: int,
@@ -146,7 +174,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work-dir", default=None, help="default: <cache>/bench_distill (bench set), "
                                                      "<cache>/bench_distill_<size> otherwise")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="per-step batch (default: the config's loader.batch_size; the lr scales with it)")
     ap.add_argument("--teacher-epochs", type=int, default=2)
     ap.add_argument("--label-encoder-epochs", type=int, default=1)
     ap.add_argument("--student-epochs", type=int, default=1, help="student epochs per method and seed")
@@ -155,12 +184,17 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=1, help="student runs per method (seeds seed .. seed + N - 1)")
     ap.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda | cuda:N")
     ap.add_argument("--workers", type=int, default=0, help="data loader workers (0 on 2 shared cores)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="student runs in parallel, each in its own process with cpus / jobs torch threads (the "
+                         "single-threaded parts of a run, data loading and the devkit's evaluation, then overlap)")
     ap.add_argument("--out", default=str(REPO / "bench/results/distill.json"))
     ap.add_argument("--fresh", action="store_true", help="retrain the shared teacher and label encoder too")
     ap.add_argument("--data", default=None, help="use this nuScenes-format set instead of the synthetic one")
     args = ap.parse_args(argv)
     if args.seeds < 1:
         ap.error("--seeds must be >= 1")
+    if args.jobs < 1:
+        ap.error("--jobs must be >= 1")
 
     t_start = time.perf_counter()
     device = parse_device(args.device)
@@ -169,12 +203,17 @@ def main(argv=None) -> int:
     if args.fresh:
         shutil.rmtree(work, ignore_errors=True)
     cfg_path = Path(args.config)
+    if args.batch_size is None:
+        from labeldistill_training.config import load_train_config
+
+        args.batch_size = load_train_config(cfg_path).loader.batch_size
     base = base_overrides(data, work, args.batch_size, args.seed, args.workers)
     shared = ensure_shared(cfg_path, base, work, args.teacher_epochs, args.label_encoder_epochs, args.max_iters,
                            device)
 
     runs: dict = {m: [] for m in args.methods}
     seeds = [args.seed + i for i in range(args.seeds)]
+    plan = []
     for seed in seeds:
         for method in args.methods:
             run_dir = work / method / f"seed{seed}"
@@ -182,21 +221,31 @@ def main(argv=None) -> int:
                     "distill": {"method": method},
                     "trainer": {**base["trainer"], "work_dir": str(run_dir), "seed": seed},
                     "stages": {"student": {**budget(args.student_epochs, args.max_iters), **shared_checkpoints(work)}}}
-            shutil.rmtree(run_dir, ignore_errors=True)  # same budget from scratch for every method
-            print(f"[bench_distill] student ({method}, seed {seed}): training {args.student_epochs} epoch(s), "
-                  f"batch {args.batch_size}", flush=True)
-            summ = run_stage(cfg_path, "student", over, device)
-            m = summ.get("metrics") or {}
-            runs[method].append({"seed": seed, "mAP": m.get("mAP"), "NDS": m.get("NDS"),
-                                 "step_ms": summ.get("step_ms"), "steps": summ.get("global_step"),
-                                 "wall_s": summ.get("wall_s"),
-                                 "tp_errors": {k: m.get(k) for k in ("trans_err", "scale_err", "orient_err",
-                                                                      "vel_err", "attr_err")},
-                                 "class_ap": m.get("class_ap") or {},
-                                 "per_class_max_recall": m.get("per_class_max_recall") or {}})
-            print(f"[bench_distill] student ({method}, seed {seed}): mAP {m.get('mAP')} NDS {m.get('NDS')} "
-                  f"step {summ.get('step_ms')} ms", flush=True)
-            write_json(args, summarise(runs), shared, t_start, complete=False, device=device)
+            plan.append((cfg_path, over, device, run_dir, method, seed))
+
+    def record(method: str, seed: int, rec: dict) -> None:
+        runs[method].append(rec)
+        runs[method].sort(key=lambda r: r["seed"])
+        print(f"[bench_distill] student ({method}, seed {seed}): mAP {rec['mAP']} NDS {rec['NDS']} "
+              f"step {rec['step_ms']} ms", flush=True)
+        write_json(args, summarise(runs), shared, t_start, complete=False, device=device)
+
+    print(f"[bench_distill] students: {len(plan)} runs ({len(args.methods)} methods x {len(seeds)} seeds), "
+          f"{args.student_epochs} epoch(s) each, {args.jobs} at a time", flush=True)
+    if args.jobs == 1:
+        for job in plan:
+            record(job[4], job[5], _student_run(*job))
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                 initargs=(threads,)) as pool:
+            futures = {pool.submit(_student_run, *job): job for job in plan}
+            for fut in as_completed(futures):
+                job = futures[fut]
+                record(job[4], job[5], fut.result())
 
     write_json(args, summarise(runs), shared, t_start, complete=True, device=device)
     return 0
