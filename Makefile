@@ -19,13 +19,13 @@ setup:
 
 test: setup
 	@$(VENV_PY) -m ruff check .
-	@$(VENV_PY) -m pytest -n 2 --dist loadgroup -q test
+	@$(VENV_PY) -m pytest -n 2 --dist loadfile -q test
 
 setup-jazzy:
 	@$(PYTHON) tools/setup_env.py --ros jazzy
 
 test-jazzy: setup-jazzy
-	@$(VENV_JAZZY_PY) -m pytest -n 2 --dist loadgroup -q $(ROS_TESTS)
+	@$(VENV_JAZZY_PY) -m pytest -n 2 --dist loadfile -q $(ROS_TESTS)
 
 demo: setup
 	@$(VENV_PY) -m labeldistill_training.demo

@@ -35,9 +35,9 @@ apply_dds_environment("local", DOMAIN_ID)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-# The longest tests start first (after the xdist groups, which --dist loadgroup hands out before single tests), so
-# the two workers do not end with one of them running a minute-long test alone. Whole modules or tests without
-# module-scoped fixtures, so no module fixture is built twice on one worker.
+# `make test` runs `pytest -n 2 --dist loadfile`: each test module runs whole on one worker, so a module-scoped
+# fixture (a node process, a trained checkpoint) is built once (test_test_command.py checks it). The modules holding
+# the longest tests start first, so the two workers do not end with one of them running a minute-long module alone.
 SLOW_FIRST = (
     "test_real_parity.py::",
     "test_compiled_backend.py::test_compiled_backend_gives_eager_boxes",

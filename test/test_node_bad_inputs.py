@@ -12,7 +12,7 @@ from node_support import (CAMS, RESEND_SHIFT_NS, NodeHarness, camera_info_msg, d
 from labeldistill_ros.ros_convert import NS_PER_S, stamp_to_ns
 
 # One node per module (per xdist worker that runs tests of it: each test is self-contained).
-pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("node_bad_inputs")]
+pytestmark = [pytest.mark.timeout(240)]
 S = NS_PER_S  # ns per second
 
 

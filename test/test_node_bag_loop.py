@@ -13,8 +13,7 @@ import pytest
 from node_support import RESEND_SHIFT_NS, NodeHarness, diag_values, make_checkpoint, synthetic_sample
 from labeldistill_ros.ros_convert import NS_PER_S, stamp_to_ns
 
-pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.timeout(240),
-              pytest.mark.xdist_group("node_bag_loop")]
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.timeout(240)]
 S = NS_PER_S  # ns per second
 MS = 1_000_000
 PERIOD = S // 2  # 2 Hz

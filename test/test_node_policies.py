@@ -16,8 +16,7 @@ from test_node_ros import assert_parity, boxes_of
 
 
 # One node per module (per xdist worker that runs tests of it: each test is self-contained).
-pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.timeout(240),
-              pytest.mark.xdist_group("node_policies")]
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.timeout(240)]
 S = NS_PER_S  # ns per second
 
 

@@ -14,10 +14,9 @@ from node_support import NodeHarness, diag_values, make_checkpoint, real_sample,
 from labeldistill_ros.ros_convert import stamp_to_ns
 
 
-# One node process per module; under `pytest -n` each worker that gets tests of this module starts its own, so
-# every test sets up the calibration it needs (`--dist loadgroup` keeps the module on one worker).
-pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.timeout(240),
-              pytest.mark.xdist_group("node_ros")]
+# One node process per module (`make test` runs `--dist loadfile`: a module stays on one worker); every test still
+# sets up the calibration it needs, so that a test runs alone too.
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.timeout(240)]
 THRESHOLD = 0.05  # random weights score ~0.1: a low threshold gives boxes to compare
 
 

@@ -13,8 +13,7 @@ import pytest
 from node_support import NodeHarness, diag_values, make_checkpoint, synthetic_sample
 from labeldistill_ros.ros_convert import NS_PER_S, stamp_to_ns
 
-pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.timeout(90),
-              pytest.mark.xdist_group("node_vehicle_defaults")]
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.timeout(90)]
 S = NS_PER_S  # ns per second
 WARN, ERROR = b"\x01", b"\x02"
 
