@@ -1,6 +1,6 @@
 """Distillation benchmark on a synthetic set with the small CPU config (``config/train/cpu_small.yaml``).
 
-1. Makes the synthetic set (``labeldistill-synth --size bench --seed 0``; ``--size tiny|demo`` for smaller ones) in a
+1. Makes the synthetic set (``labeldistill-synth --size demo --seed 0``; ``--size tiny|bench`` for others) in a
    cache folder if missing (``$LABELDISTILL_CACHE`` or ``~/.cache/labeldistill_ros``).
 2. Trains the LiDAR teacher and the label encoder once (shared by every method and seed; reused when present).
 3. Trains the student per seed (``--seeds N``: trainer seeds ``seed .. seed + N - 1``; the seed sets the student's
@@ -15,15 +15,12 @@
    ``NDS_std``, ``gain_NDS_pts`` / ``gain_NDS_se`` (and mAP), ``per_class_max_recall`` (mean over seeds),
    ``classes_under_min_recall``, ``step_ms``, ``seeds`` (the per-seed results); plus the budget and machine.
 
-Budget (defaults: the config's batch, 4, with its lr scaling; teacher 2 epochs, label encoder 1 epoch, student
-1 epoch per method and seed; every stage of more than one epoch runs its last epoch at lr / 10, the demo's
-schedule). It is far below convergence: the numbers compare the methods' early training, not final accuracy. The
-multi-seed comparison in the README (``bench/results/distill.json``) ran
-
-    python bench/bench_distill.py --size demo --teacher-epochs 6 --label-encoder-epochs 3 --student-epochs 4 \
-        --seeds 3 --jobs 2 --fresh
-
-(the demo's teacher and label encoder; 15 students of 192 steps, two at a time with one torch thread each).
+Defaults = the comparison in the README (``bench/results/distill.json``): the demo set (192 training samples, the
+``make demo`` world), the config's batch (4) with its lr scaling, the demo's teacher (6 epochs) and label encoder
+(3), then 15 students (5 methods x seeds 0, 1, 2) of 4 epochs (192 steps, the last epoch at lr / 10), two at a
+time with one torch thread each (``--jobs``): about 95 minutes on 2 otherwise idle cores. Every stage of more than
+one epoch runs its last epoch at lr / 10 (the demo's schedule). It is far below convergence and from scratch (no
+ImageNet backbone here): the numbers compare the methods' early training, not final accuracy.
 Step times are wall-clock on a possibly shared machine: compare them within one run only.
 ``--device cuda`` trains on the GPU (fp16 autocast per the stage's ``amp``).
 """
@@ -170,29 +167,32 @@ def shared_checkpoints(work: Path) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=str(REPO / "config/train/cpu_small.yaml"))
-    ap.add_argument("--size", default="bench", choices=SIZES, help="synthetic set (default bench)")
+    ap.add_argument("--size", default="demo", choices=SIZES, help="synthetic set (default demo, the make demo set)")
     ap.add_argument("--work-dir", default=None, help="default: <cache>/bench_distill (bench set), "
                                                      "<cache>/bench_distill_<size> otherwise")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--batch-size", type=int, default=None,
                     help="per-step batch (default: the config's loader.batch_size; the lr scales with it)")
-    ap.add_argument("--teacher-epochs", type=int, default=2)
-    ap.add_argument("--label-encoder-epochs", type=int, default=1)
-    ap.add_argument("--student-epochs", type=int, default=1, help="student epochs per method and seed")
+    ap.add_argument("--teacher-epochs", type=int, default=6)
+    ap.add_argument("--label-encoder-epochs", type=int, default=3)
+    ap.add_argument("--student-epochs", type=int, default=4, help="student epochs per method and seed")
     ap.add_argument("--max-iters", type=int, default=None, help="cap on steps per epoch (smoke runs)")
     ap.add_argument("--seed", type=int, default=0, help="teacher / label encoder seed and the first student seed")
-    ap.add_argument("--seeds", type=int, default=1, help="student runs per method (seeds seed .. seed + N - 1)")
+    ap.add_argument("--seeds", type=int, default=3, help="student runs per method (seeds seed .. seed + N - 1)")
     ap.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda | cuda:N")
     ap.add_argument("--workers", type=int, default=0, help="data loader workers (0 on 2 shared cores)")
-    ap.add_argument("--jobs", type=int, default=1,
+    ap.add_argument("--jobs", type=int, default=None,
                     help="student runs in parallel, each in its own process with cpus / jobs torch threads (the "
-                         "single-threaded parts of a run, data loading and the devkit's evaluation, then overlap)")
+                         "single-threaded parts of a run, data loading and the devkit's evaluation, then overlap); "
+                         "default 2 on the CPU, 1 on a GPU")
     ap.add_argument("--out", default=str(REPO / "bench/results/distill.json"))
     ap.add_argument("--fresh", action="store_true", help="retrain the shared teacher and label encoder too")
     ap.add_argument("--data", default=None, help="use this nuScenes-format set instead of the synthetic one")
     args = ap.parse_args(argv)
     if args.seeds < 1:
         ap.error("--seeds must be >= 1")
+    if args.jobs is None:
+        args.jobs = 1 if args.device.startswith("cuda") else 2
     if args.jobs < 1:
         ap.error("--jobs must be >= 1")
 

@@ -130,19 +130,48 @@ def _get(data, dotted: str):
     return data
 
 
+def _pm(mean, spread, scale: float = 1.0, sign: str = "") -> str:
+    """``mean +- spread`` (``spread`` omitted when None)."""
+    if mean is None:
+        return "n/a"
+    return f"{scale * mean:{sign}.2f}" + (f" ± {scale * spread:.2f}" if spread is not None else "")
+
+
 def distill_table(data: dict) -> list[str]:
-    """mAP / NDS per distillation method with the gain over the baseline and the step-time overhead."""
-    methods = data.get("methods") or {}
+    """The distillation comparison of ``distill.json``: per method the seeds, mean mAP and NDS (NDS +- its standard
+    deviation over seeds), the gains over the baseline (mean of the per-seed paired differences +- their standard
+    error), the step time and its ratio to the baseline's; then the per-class maximum recall."""
+    methods = {k: v for k, v in (data.get("methods") or {}).items() if v.get("mAP") is not None}
     b = data.get("budget") or {}
-    lines = [f"Distillation on the synthetic bench set, same budget per method (student: {b.get('student_epochs')} "
-             f"epoch(s), batch {b.get('batch_size')}, 2 CPU cores; far from convergence)"
-             + ("" if data.get("complete") else " **(incomplete run)**") + ":", "",
-             "| method | mAP | NDS | NDS gain (pts) | step ms | overhead |", "|---|---|---|---|---|---|"]
+    seeds = sorted({r["seed"] for v in methods.values() for r in v.get("seeds", []) if r.get("NDS") is not None})
+    machine = data.get("machine") or {}
+    lines = [f"Distillation on the {b.get('data', 'synthetic set')}, same budget per method and seed (student: "
+             f"{b.get('student_epochs')} epoch(s) at batch {b.get('batch_size')}"
+             f"{', the last at lr / 10' if (b.get('student_epochs') or 1) > 1 else ''}; teacher "
+             f"{b.get('teacher_epochs')}, label encoder {b.get('label_encoder_epochs')} epochs; seeds "
+             f"{', '.join(map(str, seeds)) or 'n/a'}; {machine.get('device', 'cpu')}, from scratch: far from "
+             f"convergence). mAP and NDS in %, gains in points:"
+             + ("" if data.get("complete") else " **(incomplete run)**"), "",
+             "| method | seeds | mAP | NDS ± std | NDS gain ± se | mAP gain ± se | step ms | step time |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, r in methods.items():
-        if r.get("mAP") is None:
-            continue
-        lines.append(f"| {name} | {100 * r['mAP']:.2f} | {100 * r['NDS']:.2f} | {r.get('gain_NDS_pts', 0.0):+.2f} | "
-                     f"{r['step_ms']:.0f} | {r.get('step_time_ratio', float('nan')):.2f}x |")
+        n = sum(1 for x in r.get("seeds", []) if x.get("NDS") is not None)
+        ratio = r.get("step_time_ratio")
+        lines.append(f"| {name} | {n} | {100 * r['mAP']:.2f} | {_pm(r['NDS'], r.get('NDS_std'), 100)} | "
+                     f"{_pm(r.get('gain_NDS_pts'), r.get('gain_NDS_se'), sign='+')} | "
+                     f"{_pm(r.get('gain_mAP_pts'), r.get('gain_mAP_se'), sign='+')} | "
+                     f"{r['step_ms']:.0f} | {'n/a' if ratio is None else f'{ratio:.2f}x'} |")
+    classes = sorted({c for r in methods.values() for c in r.get("per_class_max_recall", {})})
+    if classes:
+        lines += ["", "Maximum recall per class at the 2 m threshold, % (mean over seeds; * = under nuScenes' 10 % "
+                  "recall cut, so that class's AP is 0 whatever its precision):", "",
+                  "| class | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+        for c in classes:
+            cells = []
+            for r in methods.values():
+                v = r.get("per_class_max_recall", {}).get(c)
+                cells.append("n/a" if v is None else f"{100 * v:.1f}{'*' if v < 0.1 else ''}")
+            lines.append(f"| {c} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 

@@ -10,6 +10,7 @@ import torch
 
 import bench_distill
 import bench_distill_probe
+import run_all
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,6 +41,16 @@ def test_seed_statistics_and_paired_gain():
     one = bench_distill.summarise({k: v[:1] for k, v in runs.items()})
     assert one["labeldistill"]["NDS_std"] is None and one["labeldistill"]["gain_NDS_se"] is None
     assert "n/a" in bench_distill.tables(one)
+    # the README's table (bench/run_all.py) from the same results: seeds, NDS +- std, gains +- se, recall cut
+    readme = "\n".join(run_all.distill_table({"complete": True, "methods": res, "machine": {"device": "cpu"},
+                                                "budget": {"student_epochs": 4, "batch_size": 4, "data": "demo"}}))
+    assert "| labeldistill | 2 | 4.00 | 14.00 ± 1.41 | +2.00 ± 1.00 | +1.00 ± 0.00 | 125 | 1.25x |" in readme
+    assert "| bicycle | 2.0* | 10.0 |" in readme and "seeds 0, 1" in readme and "the last at lr / 10" in readme
+
+
+def test_the_student_budget_ends_at_a_tenth_of_the_lr():
+    assert bench_distill.budget(4, None)["milestones"] == [3]  # epochs 1-3 at lr, epoch 4 at lr / 10
+    assert bench_distill.budget(1, 5) == {"epochs": 1, "max_iters_per_epoch": 5, "milestones": [2]}  # no decay
 
 
 def test_probe_groups_and_per_term_gradients():
