@@ -187,6 +187,12 @@ def main(argv=None) -> int:
                          "default 2 on the CPU, 1 on a GPU")
     ap.add_argument("--out", default=str(REPO / "bench/results/distill.json"))
     ap.add_argument("--fresh", action="store_true", help="retrain the shared teacher and label encoder too")
+    ap.add_argument("--kd-warmup-steps", type=int, default=0,
+                    help="distill.kd_warmup_steps of the KD methods of this run (0 = off, as in the reference); "
+                         "their results are named <method>_kdwarmup<N>")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the per-seed results of --out for every method this run does not train (e.g. add "
+                         "a KD warm-up variant to a finished comparison, gains against its baseline seeds)")
     ap.add_argument("--data", default=None, help="use this nuScenes-format set instead of the synthetic one")
     args = ap.parse_args(argv)
     if args.seeds < 1:
@@ -211,17 +217,20 @@ def main(argv=None) -> int:
     shared = ensure_shared(cfg_path, base, work, args.teacher_epochs, args.label_encoder_epochs, args.max_iters,
                            device)
 
-    runs: dict = {m: [] for m in args.methods}
+    labels = {m: m if m == "none" or not args.kd_warmup_steps else f"{m}_kdwarmup{args.kd_warmup_steps}"
+              for m in args.methods}
+    runs: dict = merged_runs(Path(args.out), set(labels.values())) if args.merge else {}
+    runs.update({label: [] for label in labels.values()})
     seeds = [args.seed + i for i in range(args.seeds)]
     plan = []
     for seed in seeds:
         for method in args.methods:
-            run_dir = work / method / f"seed{seed}"
+            run_dir = work / labels[method] / f"seed{seed}"
             over = {**base,
-                    "distill": {"method": method},
+                    "distill": {"method": method, "kd_warmup_steps": args.kd_warmup_steps},
                     "trainer": {**base["trainer"], "work_dir": str(run_dir), "seed": seed},
                     "stages": {"student": {**budget(args.student_epochs, args.max_iters), **shared_checkpoints(work)}}}
-            plan.append((cfg_path, over, device, run_dir, method, seed))
+            plan.append((cfg_path, over, device, run_dir, labels[method], seed))
 
     def record(method: str, seed: int, rec: dict) -> None:
         runs[method].append(rec)
@@ -249,6 +258,14 @@ def main(argv=None) -> int:
 
     write_json(args, summarise(runs), shared, t_start, complete=True, device=device)
     return 0
+
+
+def merged_runs(out: Path, replaced: set[str]) -> dict:
+    """Per-seed records of an earlier ``distill.json`` for the methods not in ``replaced`` (``--merge``)."""
+    if not out.is_file():
+        return {}
+    old = json.loads(out.read_text()).get("methods") or {}
+    return {name: list(r.get("seeds", [])) for name, r in old.items() if name not in replaced}
 
 
 def _mean(xs):
@@ -305,11 +322,12 @@ def _f(v, fmt: str, scale: float = 1.0) -> str:
 
 def tables(results: dict) -> str:
     """The method table and the per-class maximum recall table (``*`` = under nuScenes' 10 % recall cut)."""
-    lines = [f"{'method':<14} {'seeds':>5} {'mAP':>7} {'NDS':>7} {'NDS_std':>7} {'dNDS':>7} {'+-se':>6} "
+    w = max([14, *map(len, results)])
+    lines = [f"{'method':<{w}} {'seeds':>5} {'mAP':>7} {'NDS':>7} {'NDS_std':>7} {'dNDS':>7} {'+-se':>6} "
              f"{'dmAP':>7} {'+-se':>6} {'step_ms':>9} {'overhead':>9}"]
     for method, r in results.items():
         n = sum(1 for x in r["seeds"] if x["NDS"] is not None)
-        lines.append(f"{method:<14} {n:>5} {_f(r['mAP'], '7.2f', 100)} {_f(r['NDS'], '7.2f', 100)} "
+        lines.append(f"{method:<{w}} {n:>5} {_f(r['mAP'], '7.2f', 100)} {_f(r['NDS'], '7.2f', 100)} "
                      f"{_f(r['NDS_std'], '7.2f', 100)} {_f(r.get('gain_NDS_pts'), '+7.2f')} "
                      f"{_f(r.get('gain_NDS_se'), '6.2f')} {_f(r.get('gain_mAP_pts'), '+7.2f')} "
                      f"{_f(r.get('gain_mAP_se'), '6.2f')} {_f(r['step_ms'], '9.0f')} "
@@ -318,12 +336,12 @@ def tables(results: dict) -> str:
     if classes:
         names = list(results)
         lines += ["", "max recall at 2 m, % (* = under the 10 % recall cut: AP 0 whatever the precision)",
-                  f"{'class':<22}" + "".join(f"{m[:13]:>14}" for m in names)]
+                  f"{'class':<22}" + "".join(f"{m[:22]:>23}" for m in names)]
         for c in classes:
             cells = []
             for m in names:
                 v = results[m]["per_class_max_recall"].get(c)
-                cells.append(f"{'n/a':>14}" if v is None else f"{100 * v:>13.1f}{'*' if v < MIN_RECALL else ' '}")
+                cells.append(f"{'n/a':>23}" if v is None else f"{100 * v:>22.1f}{'*' if v < MIN_RECALL else ' '}")
             lines.append(f"{c:<22}" + "".join(cells))
     return "\n".join(lines)
 
