@@ -28,16 +28,18 @@ def _domain_id() -> int:
 
 DOMAIN_ID = _domain_id()
 apply_dds_environment("local", DOMAIN_ID)
-# One intra-op thread for torch (and OpenMP/BLAS) in every test process and the processes it starts: two pytest
+# One intra-op thread for torch (and OpenMP/BLAS) in every test process and the processes it starts: the pytest
 # workers share two cores, and a second thread per process only makes parallel kernels spin against each other
 # (a 60-step training loop took 5x longer with torch's default of one thread per core). A value set by the caller
 # is kept; the node's own cpu_threads parameter still applies inside the node.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-# `make test` runs `pytest -n 2 --dist loadfile`: each test module runs whole on one worker, so a module-scoped
+# `make test` runs `pytest -n 3 --dist loadfile` on 2 cores (the ROS tests spend much of their time waiting for
+# messages and timers, and a third worker fills that: 2 min 31 s against 3 min 13 s with two workers, measured in
+# a fresh clone). Each test module runs whole on one worker, so a module-scoped
 # fixture (a node process, a trained checkpoint) is built once (test_test_command.py checks it). The modules holding
-# the longest tests start first, so the two workers do not end with one of them running a minute-long module alone.
+# the longest tests start first, so the workers do not end with one of them running a minute-long module alone.
 SLOW_FIRST = (
     "test_real_parity.py::",
     "test_compiled_backend.py::test_compiled_backend_gives_eager_boxes",
