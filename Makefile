@@ -17,10 +17,9 @@ ROS_TESTS := test/test_interfaces.py test/test_ros_convert.py test/test_ros_comp
 setup:
 	@$(PYTHON) tools/setup_env.py
 
-# make test: three workers on 2 cores (ROS tests mostly wait on messages; see test/conftest.py), modules whole.
 test: setup
 	@$(VENV_PY) -m ruff check .
-	@$(VENV_PY) -m pytest -n 3 --dist loadfile -q test
+	@$(VENV_PY) -m pytest -n 2 --dist loadfile -q test
 
 setup-jazzy:
 	@$(PYTHON) tools/setup_env.py --ros jazzy

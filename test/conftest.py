@@ -35,11 +35,11 @@ apply_dds_environment("local", DOMAIN_ID)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-# `make test` runs `pytest -n 3 --dist loadfile` on 2 cores (the ROS tests spend much of their time waiting for
-# messages and timers, and a third worker fills that: 2 min 31 s against 3 min 13 s with two workers, measured in
-# a fresh clone). Each test module runs whole on one worker, so a module-scoped
-# fixture (a node process, a trained checkpoint) is built once (test_test_command.py checks it). The modules holding
-# the longest tests start first, so the workers do not end with one of them running a minute-long module alone.
+# `make test` runs `pytest -n 2 --dist loadfile` (three workers were measured too: 2 min 32 s against 2 min 41 s
+# with warm caches, but 3 min 42 s against 3 min 13 s in a fresh clone, so two). Each test module runs whole on one
+# worker, so a module-scoped fixture (a node process, a trained checkpoint) is built once (test_test_command.py
+# checks it). The modules holding the longest tests start first, so the workers do not end with one of them
+# running a minute-long module alone.
 SLOW_FIRST = (
     "test_real_parity.py::",
     "test_compiled_backend.py::test_compiled_backend_gives_eager_boxes",
