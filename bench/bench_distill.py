@@ -108,11 +108,9 @@ def budget(epochs: int, max_iters: int | None) -> dict:
     return {"epochs": epochs, "max_iters_per_epoch": max_iters, "milestones": [epochs - 1] if epochs > 1 else [2]}
 
 
-def base_overrides(data: Path, work: Path, batch_size: int | None, seed: int, workers: int = 0) -> dict:
-    """Config overrides every stage shares: data root, batch (None: the config's), shared work dir, seed, quiet
-    logging."""
-    loader = {"num_workers": workers} if batch_size is None else {"batch_size": batch_size, "num_workers": workers}
-    return {"data": {"dataroot": str(data)}, "loader": loader,
+def base_overrides(data: Path, work: Path, batch_size: int, seed: int, workers: int = 0) -> dict:
+    """Config overrides every stage shares: data root, batch, shared work dir, seed, quiet logging."""
+    return {"data": {"dataroot": str(data)}, "loader": {"batch_size": batch_size, "num_workers": workers},
             "trainer": {"work_dir": str(work / "shared"), "seed": seed, "progress": sys.stderr.isatty(),
                         "log_interval": 5}}
 
@@ -124,8 +122,9 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _student_run(cfg_path: Path, over: dict, device, run_dir: Path, method: str, seed: int) -> dict:
-    """One student run (one method, one seed) from scratch; returns its per-seed record."""
+def _student_run(cfg_path: Path, over: dict, device, run_dir: Path, label: str, seed: int) -> dict:
+    """One student run (one method, one seed; ``label`` names it in the results) from scratch; returns its
+    per-seed record."""
     shutil.rmtree(run_dir, ignore_errors=True)  # same budget from scratch for every method
     summ = run_stage(cfg_path, "student", over, device)
     m = summ.get("metrics") or {}

@@ -168,9 +168,10 @@ def distill_table(data: dict) -> list[str]:
                   "| class | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
         for c in classes:
             cells = []
-            for r in methods.values():
+            for r in methods.values():  # the recall cut is bench_distill's (classes_under_min_recall)
                 v = r.get("per_class_max_recall", {}).get(c)
-                cells.append("n/a" if v is None else f"{100 * v:.1f}{'*' if v < 0.1 else ''}")
+                under = c in r.get("classes_under_min_recall", [])
+                cells.append("n/a" if v is None else f"{100 * v:.1f}{'*' if under else ''}")
             lines.append(f"| {c} | " + " | ".join(cells) + " |")
     return lines + [""]
 
