@@ -190,8 +190,9 @@ def main(argv=None) -> int:
                     help="distill.kd_warmup_steps of the KD methods of this run (0 = off, as in the reference); "
                          "their results are named <method>_kdwarmup<N>")
     ap.add_argument("--merge", action="store_true",
-                    help="keep the per-seed results of --out for every method this run does not train (e.g. add "
-                         "a KD warm-up variant to a finished comparison, gains against its baseline seeds)")
+                    help="keep every per-seed result of --out that this run does not retrain (add seeds to a "
+                         "finished comparison with --seed N, or a KD warm-up variant, gains against the baseline's "
+                         "seeds)")
     ap.add_argument("--data", default=None, help="use this nuScenes-format set instead of the synthetic one")
     args = ap.parse_args(argv)
     if args.seeds < 1:
@@ -218,9 +219,10 @@ def main(argv=None) -> int:
 
     labels = {m: m if m == "none" or not args.kd_warmup_steps else f"{m}_kdwarmup{args.kd_warmup_steps}"
               for m in args.methods}
-    runs: dict = merged_runs(Path(args.out), set(labels.values())) if args.merge else {}
-    runs.update({label: [] for label in labels.values()})
     seeds = [args.seed + i for i in range(args.seeds)]
+    runs: dict = merged_runs(Path(args.out), {(lb, s) for lb in labels.values() for s in seeds}) if args.merge else {}
+    for label in labels.values():
+        runs.setdefault(label, [])
     plan = []
     for seed in seeds:
         for method in args.methods:
@@ -259,12 +261,14 @@ def main(argv=None) -> int:
     return 0
 
 
-def merged_runs(out: Path, replaced: set[str]) -> dict:
-    """Per-seed records of an earlier ``distill.json`` for the methods not in ``replaced`` (``--merge``)."""
+def merged_runs(out: Path, replaced: set[tuple[str, int]]) -> dict:
+    """Per-seed records of an earlier ``distill.json`` (``--merge``), less the ``(method label, seed)`` pairs in
+    ``replaced`` (the runs being retrained)."""
     if not out.is_file():
         return {}
     old = json.loads(out.read_text()).get("methods") or {}
-    return {name: list(r.get("seeds", [])) for name, r in old.items() if name not in replaced}
+    return {name: [r for r in rec.get("seeds", []) if (name, r["seed"]) not in replaced]
+            for name, rec in old.items()}
 
 
 def _mean(xs):
@@ -359,6 +363,7 @@ def write_json(args, results: dict, shared: dict, t_start: float, complete: bool
         "budget": {"batch_size": args.batch_size, "teacher_epochs": args.teacher_epochs,
                    "label_encoder_epochs": args.label_encoder_epochs, "student_epochs": args.student_epochs,
                    "max_iters_per_epoch": args.max_iters, "seed": args.seed, "seeds": args.seeds,
+                   "merged": args.merge,  # --merge: seed / seeds are this run's; every method's records list its own
                    "config": str(cfg.relative_to(REPO)) if cfg.is_relative_to(REPO) else str(cfg),
                    "data": f"synthetic {args.size} set (labeldistill-synth --size {args.size} --seed 0)"
                    if not args.data else str(args.data)},

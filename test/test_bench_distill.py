@@ -2,6 +2,7 @@
 and per-term gradients on the real student (no training, no data set)."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -89,3 +90,14 @@ def test_probe_groups_and_per_term_gradients():
     g = torch.autograd.grad(parts["det_hm"] + parts["det_reg"], groups["head"])
     assert res["detection"]["groups"]["head"]["norm"] == pytest.approx(float(torch.cat([x.reshape(-1) for x in g]).norm()),
                                                                       rel=1e-4)
+
+
+def test_merge_keeps_every_seed_not_retrained(tmp_path):
+    out = tmp_path / "distill.json"
+    runs = {"none": [_run(0, 0.10, 0.02, 100.0, {}), _run(1, 0.14, 0.04, 100.0, {})],
+            "cmkd": [_run(0, 0.12, 0.03, 110.0, {}), _run(1, 0.11, 0.03, 110.0, {})]}
+    out.write_text(json.dumps({"methods": bench_distill.summarise(runs)}))
+    kept = bench_distill.merged_runs(out, {("cmkd", 1), ("cmkd", 2), ("none", 2)})
+    assert [r["seed"] for r in kept["none"]] == [0, 1]  # seed 2 is new: nothing of it to drop
+    assert [r["seed"] for r in kept["cmkd"]] == [0]  # seed 1 is retrained: its old record goes
+    assert bench_distill.merged_runs(tmp_path / "missing.json", set()) == {}
