@@ -166,15 +166,19 @@ def bench_forward_cpu(cfg, iters: int, warmup: int) -> dict:
 
 def bench_compiled_cpu(cfg, iters: int, threads: int = 1) -> dict:
     """Eager vs the node's compiled backend on the CPU, alternating calls (see the module docstring)."""
-    from labeldistill_ros.inference import COMPILED_PARTS, compile_parts
+    from labeldistill_ros.inference import compile_parts, compiled_part_names
 
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    cache_state = "warm" if any(Path(cache_dir()).glob("*/*.so")) else "cold"  # compiled kernels there already?
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         torch.manual_seed(0)
         model = StudentDetector.from_config(cfg).eval()
         run = forward_fn(model, cfg, torch.device("cpu"))
-        eager = {p: getattr(model, p) for p in COMPILED_PARTS}
+        parts = compiled_part_names("cpu")
+        eager = {p: getattr(model, p) for p in parts}
         compiled = compile_parts(eager)
 
         def use(parts):
@@ -199,10 +203,11 @@ def bench_compiled_cpu(cfg, iters: int, threads: int = 1) -> dict:
     e, c = statistics.median(times["eager"]), statistics.median(times["compiled"])
     return {"eager_ms_p50": round(e, 2), "compiled_ms_p50": round(c, 2), "compiled_speedup": round(e / c, 3),
             "compile_s": round(compile_s, 1), "max_abs_diff_vs_eager": float(f"{diff:.2e}"), "iters": iters,
-            "torch_threads": threads, "backend": "torch.compile (inductor, freezing) of backbone, image_neck, "
-                                                 "depth_net, bev_encoder, head; pooling eager",
-            "compile_note": "compile_s is with inductor's on-disk cache as this machine had it; a first "
-                            "compilation on a machine took 171 s here (2 cores, loaded)"}
+            "torch_threads": threads, "backend": f"torch.compile (inductor, freezing) of {', '.join(parts)}; the "
+                                                 "other parts eager",
+            "compile_note": "compile_s is with inductor's on-disk cache as it was (cold: run with a new, empty "
+                            "TORCHINDUCTOR_CACHE_DIR)",
+            "inductor_cache_at_start": cache_state}
 
 
 def bench_forward_cuda(cfg, iters: int) -> dict:

@@ -140,8 +140,9 @@ SPECS: dict[str, Spec] = {
     "device": Spec(str, "auto (cuda if available; a CPU fallback is logged and a diagnostic WARN) | cpu | cuda | "
                         "cuda:N.", _device),
     "precision": Spec(str, "fp32 | fp16 (fp16 on cuda only).", _choice("fp32", "fp16")),
-    "backend": Spec(str, "eager | compiled (torch.compile of the convolutional parts; compiled and checked "
-                         "against eager during the start-up warm-up: minutes on a CPU, then faster sets).",
+    "backend": Spec(str, "eager | compiled (torch.compile of the parts that pay for it: the image backbone on a CPU, "
+                         "every convolutional part on CUDA; compiled and checked against eager during the start-up "
+                         "warm-up, then faster sets).",
                     _choice("eager", "compiled")),
     "score_threshold": Spec(float, "Minimum detection score, [0, 1].", _range(0.0, 1.0)),
     "max_detections": Spec(int, "At most this many boxes per set (highest scores).", _range(1)),
