@@ -91,6 +91,12 @@ def greedy_reference(xy, scores, labels, radius):
     return keep
 
 
+def random_nms_case(rng, n, half_width):
+    """``n`` boxes uniform in a square of ``half_width`` m, random scores, labels 0-2 with radii 2, 1 and 0 m."""
+    return (rng.uniform(-half_width, half_width, (n, 2)), rng.uniform(0, 1, n), rng.integers(0, 3, n),
+            np.array([2.0, 1.0, 0.0]))
+
+
 def test_circle_nms():
     xy = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.9, 0.0], [10.0, 0.0], [0.5, 0.0], [2.8, 0.0]])
     scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.95, 0.5])
@@ -102,11 +108,7 @@ def test_circle_nms():
     assert keep == [4, 0, 2, 3]
     rng = np.random.default_rng(0)
     for _ in range(5):
-        n = 300
-        xy = rng.uniform(-20, 20, (n, 2))
-        sc = rng.uniform(0, 1, n)
-        lab = rng.integers(0, 3, n)
-        rad = np.array([2.0, 1.0, 0.0])
+        xy, sc, lab, rad = random_nms_case(rng, 300, 20.0)
         ref = greedy_reference(xy, sc, lab, rad)
         got = circle_nms(torch.tensor(xy), torch.tensor(sc), torch.tensor(lab), torch.tensor(rad)).tolist()
         assert got == ref
@@ -187,12 +189,8 @@ def test_nonfinite_candidates_are_dropped_and_counted(small_cfg):
 def test_circle_nms_stops_at_max_keep_with_the_greedy_prefix():
     from labeldistill_ros.model.decode import circle_nms_np
 
-    rng = np.random.default_rng(3)
     n = 700
-    xy = rng.uniform(-15, 15, (n, 2))
-    sc = rng.uniform(0, 1, n)
-    lab = rng.integers(0, 3, n)
-    rad = np.array([2.0, 1.0, 0.0])
+    xy, sc, lab, rad = random_nms_case(np.random.default_rng(3), n, 15.0)
     full = greedy_reference(xy, sc, lab, rad)
     for k in (1, 17, 128, 129, 300, len(full), n):
         assert circle_nms_np(xy, sc, lab, rad, max_keep=k, chunk=64).tolist() == full[:k]
