@@ -166,9 +166,9 @@ def bench_forward_cpu(cfg, iters: int, warmup: int) -> dict:
 
 def bench_compiled_cpu(cfg, iters: int, threads: int = 1) -> dict:
     """Eager vs the node's compiled backend on the CPU, alternating calls (see the module docstring)."""
-    from labeldistill_ros.inference import compile_parts, compiled_part_names
-
     from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    from labeldistill_ros.inference import compile_parts, compiled_part_names
 
     cache_state = "warm" if any(Path(cache_dir()).glob("*/*.so")) else "cold"  # compiled kernels there already?
     old_threads = torch.get_num_threads()
@@ -177,8 +177,8 @@ def bench_compiled_cpu(cfg, iters: int, threads: int = 1) -> dict:
         torch.manual_seed(0)
         model = StudentDetector.from_config(cfg).eval()
         run = forward_fn(model, cfg, torch.device("cpu"))
-        parts = compiled_part_names("cpu")
-        eager = {p: getattr(model, p) for p in parts}
+        names = compiled_part_names("cpu")
+        eager = {p: getattr(model, p) for p in names}
         compiled = compile_parts(eager)
 
         def use(parts):
@@ -203,7 +203,7 @@ def bench_compiled_cpu(cfg, iters: int, threads: int = 1) -> dict:
     e, c = statistics.median(times["eager"]), statistics.median(times["compiled"])
     return {"eager_ms_p50": round(e, 2), "compiled_ms_p50": round(c, 2), "compiled_speedup": round(e / c, 3),
             "compile_s": round(compile_s, 1), "max_abs_diff_vs_eager": float(f"{diff:.2e}"), "iters": iters,
-            "torch_threads": threads, "backend": f"torch.compile (inductor, freezing) of {', '.join(parts)}; the "
+            "torch_threads": threads, "backend": f"torch.compile (inductor, freezing) of {', '.join(names)}; the "
                                                  "other parts eager",
             "compile_note": "compile_s is with inductor's on-disk cache as it was (cold: run with a new, empty "
                             "TORCHINDUCTOR_CACHE_DIR)",

@@ -120,6 +120,8 @@ def compiled_part_names(device: torch.device | str) -> tuple[str, ...]:
     """The student parts ``backend='compiled'`` compiles on ``device`` (:data:`COMPILED_PARTS`; other device
     types: the CUDA list)."""
     return COMPILED_PARTS.get(torch.device(device).type, COMPILED_PARTS["cuda"])
+
+
 BACKENDS = ("eager", "compiled")
 
 

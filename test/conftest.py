@@ -113,6 +113,26 @@ def one_torch_thread():
     torch.set_num_threads(old)
 
 
+@pytest.fixture(scope="module")
+def small_cfg():
+    """The small CPU student's model config (``config/model/r18_128x352_cpu.yaml``)."""
+    from labeldistill_ros.model import load_model_config
+    from labeldistill_ros.resources import share_file
+
+    return load_model_config(share_file("config", "model", "r18_128x352_cpu.yaml"))
+
+
+@pytest.fixture(scope="module")
+def small_model(small_cfg):
+    """A random-weight (seed 0) small CPU student in eval mode."""
+    import torch
+
+    from labeldistill_ros.model import StudentDetector
+
+    torch.manual_seed(0)
+    return StudentDetector.from_config(small_cfg).eval()
+
+
 @pytest.fixture(scope="session")
 def real_sample_dir() -> Path:
     """The one real nuScenes key frame in ../shared/real-nuscenes-sample (present beside every checkout).

@@ -7,24 +7,11 @@ import pytest
 import torch
 
 from labeldistill_ros import geometry as g
-from labeldistill_ros.model import StudentDetector, load_model_config
 from labeldistill_ros.model.box_coder import BoxCoder
 from labeldistill_ros.model.decode import circle_nms, decode_detections
 from labeldistill_ros.model.export import example_inputs
-from labeldistill_ros.resources import share_file
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def small_cfg():
-    return load_model_config(share_file("config", "model", "r18_128x352_cpu.yaml"))
-
-
-@pytest.fixture(scope="module")
-def small_model(small_cfg):
-    torch.manual_seed(0)
-    return StudentDetector.from_config(small_cfg).eval()
 
 
 def fake_head_outputs(boxes, labels, cfg, logit=6.0):

@@ -18,22 +18,10 @@ from labeldistill_ros.model.temporal import warp_bev
 from labeldistill_ros.model.view_transform import LSSViewTransform
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = REPO / "config" / "model" / "r18_128x352_cpu.yaml"
 R50 = REPO / "config" / "model" / "r50_256x704.yaml"
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def small_cfg():
-    return load_model_config(SMALL)
-
-
-@pytest.fixture(scope="module")
-def small_model(small_cfg):
-    torch.manual_seed(0)
-    return StudentDetector.from_config(small_cfg).eval()
 
 
 def real_rig(sample_dir):
