@@ -32,7 +32,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -291,14 +291,22 @@ class Detector:
 
     def detect_slot(self, slot: InputSlot, rows: Sequence[int], Ks: Sequence[np.ndarray] | np.ndarray,
                     cam2target: Sequence[np.ndarray] | np.ndarray, stamp_ns: int | None = None,
-                    ego_pose: np.ndarray | None = None) -> Detections:
+                    ego_pose: np.ndarray | None = None,
+                    after_forward: Callable[[], None] | None = None) -> Detections:
         """:meth:`detect` on a staged slot: ``rows`` = the slot rows of the set's cameras (all staged), in the
-        order of ``Ks`` and ``cam2target``. ``timing_ms['preprocess']`` is only what was left to do here."""
+        order of ``Ks`` and ``cam2target``. ``timing_ms['preprocess']`` is only what was left to do here.
+
+        ``after_forward()``: called once the forward is done and only host work (decoding) is left: on a CPU
+        right after the forward, on CUDA after the candidates' transfer (the node closes its
+        :class:`~labeldistill_ros.node.reception_gate.ReceptionGate` there)."""
         t0 = time.perf_counter()
+        cuda = self.device.type == "cuda"
         with torch.inference_mode():
-            cand, events, missing_prev, t1, t2 = self.forward_candidates(slot, rows, Ks, cam2target, stamp_ns,
-                                                                         ego_pose)
+            cand, events, missing_prev, t1, t2 = self.forward_candidates(
+                slot, rows, Ks, cam2target, stamp_ns, ego_pose, after_forward=None if cuda else after_forward)
             cand = cand[0].cpu().numpy()  # the set's one device -> host transfer (and its only wait)
+        if cuda and after_forward is not None:
+            after_forward()
         slot.in_flight[:] = False  # the stream has passed everything staged for this set
         t_host = time.perf_counter()
         dec = select_detections(cand, self._decode_cfg)
@@ -313,13 +321,15 @@ class Detector:
                           {"preprocess": pre, "forward": fwd, "postprocess": post}, missing_prev)
 
     def forward_candidates(self, slot: InputSlot, rows: Sequence[int], Ks, cam2target, stamp_ns=None,
-                           ego_pose=None) -> tuple[torch.Tensor, list, int, float, float]:
+                           ego_pose=None, after_forward: Callable[[], None] | None = None
+                           ) -> tuple[torch.Tensor, list, int, float, float]:
         """The device part of :meth:`detect_slot` (call under ``torch.inference_mode``): calibration to the
         device, forward, top-k candidates. Nothing here waits for the device (on CUDA: pinned non-blocking copies,
         the pooling key from host copies, the slot's preprocessing awaited on the stream, no data-dependent
         shapes); a new calibration's pooling index is the exception (built once, then cached). Returns
         ``(candidates (1, M, 12) on the device, CUDA timing events or [], previous-frame slots without history,
-        host time before the forward, host time after it)``."""
+        host time before the forward, host time after it)``. ``after_forward()`` is called between the forward
+        and the candidates' gather."""
         rows = list(rows)
         n = len(rows)
         missing = [r for r in rows if not slot.filled[r]]
@@ -352,6 +362,8 @@ class Detector:
         if cuda:
             events[1].record()
         t2 = time.perf_counter()
+        if after_forward is not None:
+            after_forward()
         cand = gather_candidates(heads, self.cfg.head.task_groups, self.class_names, self.cfg.bev_grid,
                                  self._decode_cfg.max_candidates_per_task)
         if cuda:

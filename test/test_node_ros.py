@@ -114,6 +114,8 @@ def test_diagnostics_report_rate_counters_and_model(node, real):
                 "input_errors", "nonfinite", "resets", "last_total_ms"):
         assert key in v
     assert int(v["complete_sets"]) >= 1 and int(v["tf_failures"]) == 0
+    # every set's decode + publish held the image takes back once (reception_gate.py), and the gate let go
+    assert int(v["published"]) <= int(v["reception_holds"]) <= int(v["published"]) + int(v["failures"]), v
 
 
 def test_synthetic_sample_after_new_calibration(node, offline, tmp_path_factory):

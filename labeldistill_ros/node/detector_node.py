@@ -14,7 +14,8 @@ Data flow (callbacks only hand off; nothing heavy runs in the executor thread or
            stamp (TF, through fixed_frame)
     camera_info callbacks --> latest message per camera (validated with the calibration, cached by content)
     inference thread: whatever of the set is not staged yet -> Detector.detect_slot (temporal models: + kept BEV
-                      of earlier sets) -> publish (Detection3DArray as CDR bytes written directly)
+                      of earlier sets) -> publish (Detection3DArray as CDR bytes written directly); from the end
+                      of the forward to the publish, the executor takes no image (reception_gate.py)
 
 Topics (``~`` = the node's name, ``labeldistill_detector`` by default):
     in   ``image_topics[i]`` (sensor_msgs/Image) or ``image_topics[i]/compressed`` (CompressedImage),
@@ -42,6 +43,7 @@ from . import diagnostics, params, raw_image
 from .calibration import CalibrationError
 from .ros_compat import ImageError, TfBackend, backends
 from .outputs import Outputs, qos
+from .reception_gate import ReceptionGate
 from .set_inputs import SetInputs
 from .staging import SetStage, Stager, StagePolicy, wall_ns
 from .sync import CameraSet, SetCollector
@@ -103,6 +105,8 @@ class DetectorNode(Node):
         self.inputs = SetInputs(p, self.detector, self.tf, self.get_logger().warning)  # images + calibration
         self._lock = threading.Lock()  # guards the collector (executor thread: callbacks and the timer)
         self.policy = StagePolicy()
+        # Image takes wait while the inference thread decodes and publishes a set (reception_gate.py).
+        self.reception_gate = ReceptionGate(wake=self._wake_executor)
         self._current: SetStage | None = None  # the set the inference thread is on
         self.stager = Stager(self.inputs.stage_job, still_wanted=lambda st: st is self._current or self.policy.stage_now(
             time.monotonic()))
@@ -138,7 +142,8 @@ class DetectorNode(Node):
         for i, topic in enumerate(p.subscribed_image_topics()):
             cb = (functools.partial(self._on_image, i) if _MESSAGE_INFO else
                   functools.partial(self._on_image_no_info, i))
-            self._subs.append(self.create_subscription(img_type, topic, cb, in_qos, raw=True))
+            self._subs.append(self.create_subscription(img_type, topic, cb, in_qos, raw=True,
+                                                       callback_group=self.reception_gate))
         quiet = SubscriptionEventCallbacks(incompatible_qos=lambda _e: None)
         for i, topic in enumerate(p.camera_info_topics):
             cb = functools.partial(self._on_info, i)
@@ -156,6 +161,11 @@ class DetectorNode(Node):
             f"{p.sync_slop_s * 1e3:.0f} ms timeout {p.sync_timeout_s:.2f} s policy {p.missing_camera_policy}; "
             f"model {self.detector.describe()} (warm-up {self.warmup_s:.1f} s); "
             f"outputs: {self.out.describe()}; ROS packages: {backends()}")
+
+    def _wake_executor(self) -> None:
+        executor = self.executor
+        if executor is not None:
+            executor.wake()
 
     # -- callbacks (hand off only) -----------------------------------------------------------------------------
     def _on_image(self, cam: int, raw: bytes, info) -> None:
@@ -226,6 +236,7 @@ class DetectorNode(Node):
         try:
             self._run_set(cs, st, t_pick)
         finally:
+            self.reception_gate.open()  # normally opened right after the detections were published
             self._current = None
             st.drop()  # the input slot goes back, the raw images are let go
             self.policy.finished(time.monotonic())
@@ -262,7 +273,8 @@ class DetectorNode(Node):
             self._history_resets = resets
             self.detector.reset_history()
         det = self.detector.detect_slot(st.slot, cams, calib.Ks, calib.cam2target,
-                                        stamp_ns=calib.reference_stamp_ns, ego_pose=calib.ego_pose)
+                                        stamp_ns=calib.reference_stamp_ns, ego_pose=calib.ego_pose,
+                                        after_forward=self.reception_gate.close)
         t_det = wall_ns()
         if det.missing_prev:
             self.stats["temporal_fallback_sets"] += 1
@@ -276,6 +288,7 @@ class DetectorNode(Node):
         stamp = calib.reference_stamp_ns  # the latest camera's: the frame the boxes are expressed at
         self.out.detections(det, stamp)
         t_pub = wall_ns()
+        self.reception_gate.open()
         self.out.others(det, stamp)
         t_end = wall_ns()
         self.stats["published"] += 1
@@ -363,6 +376,7 @@ class DetectorNode(Node):
                   "marker_lifetime_s": self.out.marker_lifetime(),
                   "model": self.detector.describe(), "target_frame": self.p.target_frame,
                   "open_sets": self.collector.open_sets,
+                  "reception_holds": self.reception_gate.closures,  # sets whose decoding held image takes back
                   "tf_backend": self.tf.kind, "missing_by_camera": {self.names[i]: n for i, n in
                                                                     self.collector.counters.missing_by_camera.items()}}
         values.update({f"last_{k}_ms": v for k, v in self.last_timing.items()})
