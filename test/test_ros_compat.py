@@ -46,6 +46,27 @@ def test_here_every_optional_package_falls_back():
     assert rc.backends() == {"tf2_ros": "fallback", "message_filters": "fallback", "cv_bridge": "fallback"}
 
 
+def test_a_missing_package_is_searched_for_once_not_per_image(monkeypatch):
+    """The staging thread asks for cv_bridge per image: a failed import must not walk the path again each time."""
+    monkeypatch.delenv(rc.MODE_ENV, raising=False)
+    monkeypatch.setattr(rc, "_NOT_IMPORTABLE", set())
+    searched = []
+
+    class CountingFinder:
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            if name == "cv_bridge":
+                searched.append(name)
+            return None  # let the real finders answer
+
+    monkeypatch.setattr(sys, "meta_path", [CountingFinder, *sys.meta_path])
+    assert [rc.optional_module("cv_bridge") for _ in range(5)] == [None] * 5
+    assert searched == ["cv_bridge"]
+    mod = types.ModuleType("cv_bridge")  # installed later in the process (a test, a shim): found
+    monkeypatch.setitem(sys.modules, "cv_bridge", mod)
+    assert rc.optional_module("cv_bridge") is mod
+
+
 def test_installed_packages_are_used_unless_forced_to_fallback(fake_modules, monkeypatch):
     for name in rc.OPTIONAL:
         fake_modules(name)

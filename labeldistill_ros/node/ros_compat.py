@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from types import ModuleType
 from typing import Any, Callable
 
@@ -51,10 +52,19 @@ def optional_module(name: str, mode: str | None = None) -> ModuleType | None:
         raise ValueError(f"{MODE_ENV}={mode!r} is invalid: use 'auto' or 'fallback'")
     if mode == "fallback" or name not in OPTIONAL:
         return None
+    mod = sys.modules.get(name)
+    if mod is not None:
+        return mod
+    if name in _NOT_IMPORTABLE:  # asked per image: a failed import searches the whole path again every time
+        return None
     try:
         return importlib.import_module(name)
     except ImportError:
+        _NOT_IMPORTABLE.add(name)
         return None
+
+
+_NOT_IMPORTABLE: set[str] = set()  # optional packages whose import failed in this process
 
 
 def backends(mode: str | None = None) -> dict[str, str]:
