@@ -10,7 +10,8 @@ ROS_TESTS := test/test_interfaces.py test/test_ros_convert.py test/test_ros_comp
 	test/test_node_messages.py test/test_node_calibration.py test/test_node_ros.py test/test_node_params.py \
 	test/test_node_startup.py test/test_node_bad_inputs.py test/test_node_inference.py test/test_node_policies.py \
 	test/test_node_vehicle_defaults.py test/test_node_bag_loop.py test/test_temporal_live.py \
-	test/test_bag_roundtrip.py test/test_bag_live.py test/test_launch_file.py test/test_import_isolation.py
+	test/test_bag_roundtrip.py test/test_bag_live.py test/test_launch_file.py test/test_import_isolation.py \
+	test/test_reception_gate.py
 
 .PHONY: setup test demo bench clean-venv setup-jazzy test-jazzy
 

@@ -85,6 +85,27 @@ def test_open_survives_a_failing_wake_and_close_counts_once():
     gate = ReceptionGate(wake=broken_wake)
     gate.close()
     gate.close()
-    assert gate.closures == 1 and not gate.can_execute(None) and not gate.beginning_execution(None)
+    assert gate.closures == 1 and not gate.is_open
     gate.open()  # the executor shutting down must not break the inference thread
-    assert gate.is_open and gate.can_execute(None) and gate.beginning_execution(None)
+    assert gate.is_open
+
+
+def test_gate_is_mutually_exclusive_like_a_default_group(rclpy_context):
+    import rclpy
+    from std_msgs.msg import String
+
+    node = rclpy.create_node("gate_mx", context=rclpy_context)
+    try:
+        gate = ReceptionGate()
+        a = node.create_subscription(String, unique_topic("a"), lambda m: None, 1, callback_group=gate)
+        b = node.create_subscription(String, unique_topic("b"), lambda m: None, 1, callback_group=gate)
+        assert gate.can_execute(a) and gate.beginning_execution(a)
+        assert not gate.can_execute(b) and not gate.beginning_execution(b)  # a's callback is running
+        gate.ending_execution(a)
+        gate.close()
+        assert not gate.can_execute(b) and not gate.beginning_execution(b)  # closed
+        gate.open()
+        assert gate.can_execute(b) and gate.beginning_execution(b)
+        gate.ending_execution(b)
+    finally:
+        node.destroy_node()

@@ -23,13 +23,14 @@ import threading
 from typing import Callable
 
 try:  # rclpy is a runtime dependency of the node only (the package imports stay light)
-    from rclpy.callback_groups import CallbackGroup
+    from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 except ImportError:  # pragma: no cover - the node module reports the missing ROS 2 environment
-    CallbackGroup = object
+    MutuallyExclusiveCallbackGroup = object
 
 
-class ReceptionGate(CallbackGroup):
-    """A reentrant callback group that can be closed (no callback of the group starts while closed).
+class ReceptionGate(MutuallyExclusiveCallbackGroup):
+    """A mutually exclusive callback group (like a node's default group: one of its callbacks at a time, also
+    under a multi-threaded executor) that can be closed: no callback of the group starts while closed.
 
     ``wake``: called by :meth:`open` (the executor's ``wake``: it rebuilds its wait set with the group's
     entities). Thread-safe: :meth:`close` / :meth:`open` from any thread."""
@@ -68,10 +69,7 @@ class ReceptionGate(CallbackGroup):
 
     # -- rclpy's CallbackGroup interface (called by the executor) ------------------------------------------------
     def can_execute(self, entity) -> bool:
-        return self._open.is_set()
+        return self._open.is_set() and super().can_execute(entity)
 
     def beginning_execution(self, entity) -> bool:
-        return self._open.is_set()
-
-    def ending_execution(self, entity) -> None:
-        pass
+        return self._open.is_set() and super().beginning_execution(entity)
