@@ -13,7 +13,7 @@ What it costs: an image that arrives inside the window is taken a few ms later. 
 model runs behind the cameras (the set it takes next is complete long before), and on a fast (GPU) model the
 window is only the host decode and publish, after the device has finished (:meth:`Detector.detect_slot`).
 
-rclpy's executors (Humble to Kilted) leave an entity whose group ``can_execute`` is False out of the wait set
+rclpy's executors (Jazzy and Kilted, tested in test_reception_gate.py) leave an entity whose group ``can_execute`` is False out of the wait set
 and skip its handler when ``beginning_execution`` is False, so a closed gate neither loses messages nor spins;
 :meth:`ReceptionGate.open` wakes the executor so that it waits on the subscriptions again.
 """
@@ -45,9 +45,6 @@ class ReceptionGate(MutuallyExclusiveCallbackGroup):
     @property
     def is_open(self) -> bool:
         return self._open.is_set()
-
-    def set_wake(self, wake: Callable[[], None] | None) -> None:
-        self._wake = wake
 
     def close(self) -> None:
         """Hold back the group's callbacks (takes) until :meth:`open`."""
