@@ -13,9 +13,10 @@ What it costs: an image that arrives inside the window is taken a few ms later. 
 model runs behind the cameras (the set it takes next is complete long before), and on a fast (GPU) model the
 window is only the host decode and publish, after the device has finished (:meth:`Detector.detect_slot`).
 
-rclpy's executors (Jazzy and Kilted, tested in test_reception_gate.py) leave an entity whose group ``can_execute`` is False out of the wait set
-and skip its handler when ``beginning_execution`` is False, so a closed gate neither loses messages nor spins;
-:meth:`ReceptionGate.open` wakes the executor so that it waits on the subscriptions again.
+rclpy's executors (Jazzy and Kilted, tested in test_reception_gate.py) leave an entity whose group
+``can_execute`` is False out of the wait set and skip its handler when ``beginning_execution`` is False, so a
+closed gate neither loses messages nor spins; :meth:`ReceptionGate.open` wakes the executor so that it waits on
+the subscriptions again.
 """
 from __future__ import annotations
 
