@@ -5,12 +5,14 @@ against a naive LSS cumulative-sum pooling written here as the reference. Prints
 
     python bench/bench_model.py            # CPU rows for both configs (+ GPU rows when CUDA exists)
     python bench/bench_model.py --quick    # fewer iterations
+    python3 bench/bench_model.py --gpu-only   # on a lent GPU machine: the CUDA rows, merged under "gpu"
 
 Forward = 6 cameras, batch 1, random weights and images, ``torch.inference_mode``. The r50 config uses 4
 previous frames; its rows run the inference path, where previous frames' BEV features are kept from their own
 forward (``prev_bev``): one frame is lifted per call. On CUDA the r50 config is also timed re-lifting all 5
 frames (the training-style path). GPU rows: fp32, fp16 and bf16 autocast with channels_last, and fp16 with
-``torch.compile`` of the convolutional parts (the cached pooling stays eager).
+``torch.compile`` of the convolutional parts (the cached pooling stays eager). ``gpu.gpu_forward_ms_p50`` holds
+the p50 per model and precision; a CPU-only run keeps the GPU block an earlier ``--gpu-only`` run wrote.
 
 ``compiled_speedup``: the node's ``backend: compiled`` on the CPU (r18 128x352, 6 cameras, the node's single
 torch thread): :func:`labeldistill_ros.inference.compile_parts` (inductor with freezing) against eager, timed
@@ -210,8 +212,9 @@ def bench_compiled_cpu(cfg, iters: int, threads: int = 1) -> dict:
             "inductor_cache_at_start": cache_state}
 
 
-def bench_forward_cuda(cfg, iters: int) -> dict:
-    """fp32, then fp16/bf16 autocast with channels_last, then fp16 + torch.compile (convolutional parts)."""
+def bench_forward_cuda(cfg, iters: int, compile_parts: bool = True) -> dict:
+    """fp32, then fp16/bf16 autocast with channels_last, then fp16 + torch.compile (convolutional parts) unless
+    ``compile_parts`` is False (cold triton compilation takes minutes)."""
     device = torch.device("cuda")
     rows = {}
     torch.manual_seed(0)
@@ -231,6 +234,8 @@ def bench_forward_cuda(cfg, iters: int) -> dict:
             with torch.autocast("cuda", dtype=torch.float16):
                 return relift()
         rows["cuda_fp16_channels_last_relift_all_frames"] = summary(timed(amp_relift, iters, 3, True))
+    if not compile_parts:
+        return rows
     try:
         for part in ("backbone", "image_neck", "depth_net", "bev_encoder", "head"):
             setattr(model, part, torch.compile(getattr(model, part)))
@@ -245,10 +250,57 @@ def bench_forward_cuda(cfg, iters: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------- main
+def gpu_summary(forward: dict) -> dict:
+    """``gpu_forward_ms_p50`` per model and precision (fp16: autocast, channels_last) from the CUDA rows."""
+    rows = {"fp32": "cuda_fp32", "fp16": "cuda_fp16_channels_last", "fp16_compiled": "cuda_fp16_channels_last_compiled"}
+    return {name: {prec: forward[name].get(row, {}).get("forward_ms_p50") for prec, row in rows.items()}
+            for name in forward}
+
+
+def main_gpu_only(args) -> int:
+    """The CUDA rows alone (``--gpu-only``, for a lent GPU machine): merged into model.json under ``gpu``; the
+    CPU figures measured on the 2-core machine stay as they are."""
+    if not torch.cuda.is_available():
+        print("bench_model --gpu-only: no CUDA device", file=sys.stderr)
+        return 1
+    t_start = time.monotonic()
+    cfgs = {name: load_model_config(path) for name, path in CONFIGS.items()}
+    iters = 20 if args.quick else 100
+    forward = {name: bench_forward_cuda(cfg, iters, compile_parts=args.gpu_compile) for name, cfg in cfgs.items()}
+    gpu = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
+           "cpu_cores": os.cpu_count(), "iters": iters,
+           "gpu_forward_ms_p50": gpu_summary(forward), "forward": forward,
+           "view_transform_r50_256x704": bench_pooling(cfgs["r50_256x704"], torch.device("cuda"), 50),
+           "setup": "6 cameras, batch 1, random weights; CUDA event time of one forward (inference path, candidates "
+                    "gathered on the device)",
+           "wall_s": round(time.monotonic() - t_start, 1)}
+    results = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    results["gpu"] = gpu
+    results["gpu_rows"] = "measured (bench_model.py --gpu-only on a lent GPU machine)"
+    tmp = OUT.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(tmp, OUT)
+    print(f"\n{'model':20s} {'row':40s} {'p50 ms':>8s} {'p90 ms':>8s}   ({gpu['device']}, torch {gpu['torch']})")
+    for name, rows in forward.items():
+        for row, r in rows.items():
+            if "error" in r:
+                print(f"{name:20s} {row:40s} {r['error']}")
+            else:
+                print(f"{name:20s} {row:40s} {r['forward_ms_p50']:8.2f} {r['forward_ms_p90']:8.2f}")
+    print(f"wrote {OUT.relative_to(ROOT)} (gpu) in {gpu['wall_s']} s")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
+    ap.add_argument("--gpu-only", action="store_true",
+                    help="only the CUDA rows, merged into model.json under 'gpu' (for a lent GPU machine)")
+    ap.add_argument("--gpu-compile", action="store_true",
+                    help="with --gpu-only: also time torch.compile'd parts (cold triton compilation: minutes)")
     args = ap.parse_args(argv)
+    if args.gpu_only:
+        return main_gpu_only(args)
     t_start = time.monotonic()
     cuda = torch.cuda.is_available()
     cfgs = {name: load_model_config(path) for name, path in CONFIGS.items()}
@@ -290,9 +342,14 @@ def main(argv=None) -> int:
     table.append(("forward r18_128x352_cpu compiled (node backend)", "cpu 1 thread", compiled["compiled_ms_p50"],
                   None))
     results["gpu_rows"] = "measured" if cuda else "skipped: no CUDA device on this machine"
-    if not cuda:
-        results["gpu"] = {"gpu_forward_ms_p50": None, "gpu_compiled_speedup": None,
-                          "reason": "unmeasured: no GPU in this session"}
+    if cuda:
+        results["gpu"] = {"device": torch.cuda.get_device_name(0), "gpu_forward_ms_p50": gpu_summary(forward)}
+    else:  # keep a GPU block measured earlier on a lent machine (bench_model.py --gpu-only)
+        old = json.loads(OUT.read_text()).get("gpu") if OUT.is_file() else None
+        results["gpu"] = old if old and old.get("gpu_forward_ms_p50") else {
+            "gpu_forward_ms_p50": None, "reason": "unmeasured: no GPU in this session"}
+        if old and old.get("gpu_forward_ms_p50"):
+            results["gpu_rows"] = "from an earlier run on a lent GPU machine (bench_model.py --gpu-only)"
     results["wall_s"] = round(time.monotonic() - t_start, 1)
 
     OUT.parent.mkdir(parents=True, exist_ok=True)

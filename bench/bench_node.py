@@ -3,11 +3,14 @@
 
     python bench/bench_node.py            # 10-minute soak
     python bench/bench_node.py --quick    # about 60 s
+    python3 bench/bench_node.py --device cuda --model r50_256x704 --precision fp16 --duration 30   # lent GPU
 
 Three processes on one host (the shipped loopback Fast DDS profile, a ROS domain of its own):
-  publisher  six cameras of the real nuScenes key frame (rgb8, 4.3 MB each), stamped now + the nuScenes trigger
-             offsets, at 12 Hz; latched CameraInfo and /tf_static; map -> base_link on /tf (10 m/s) ahead of each
-             set, so the node compensates the ego motion between the cameras as on a vehicle
+  publisher  six cameras of the real nuScenes key frame (rgb8, 4.3 MB each) at 12 Hz, stamped as a rig triggered
+             at the nuScenes offsets whose last camera is stamped at the moment the set is sent (no stamp in the
+             future: end-to-end latency is then measured from the last exposure); latched CameraInfo and
+             /tf_static; map -> base_link on /tf (10 m/s) covering each set, so the node compensates the ego
+             motion between the cameras as on a vehicle
   node       ``python -m labeldistill_ros.node.detector_node`` with a random-weight checkpoint of the small CPU
              student (config/model/r18_128x352_cpu.yaml), score threshold 0.05, at most 50 boxes (random
              weights score ~0.1, so every set carries 50 boxes and 101 markers, a busy scene, and decoding
@@ -32,8 +35,10 @@ Two conversion paths (``--path``): ``fallback``, the in-package conversion of th
 without ROS; the top-level keys), and ``vehicle``, with ``cv_bridge`` importable, as on a vehicle: the node then
 deserialises each image of a set it runs and converts it with ``cv_bridge`` (here the stand-in in
 ``bench/vehicle_shim``, which makes the two copies of Humble's ``imgmsg_to_cv2``; keys under ``vehicle_path``).
-``--quick`` measures both. Merges into ``bench/results/node.json`` (other benchmarks' keys stay) and prints a
-table.
+``--quick`` measures both. ``--device cuda`` (a lent GPU machine, bench/gpu/run_on_device.sh) runs the node on the
+GPU with ``--model`` and ``--precision`` and merges that run into the ``gpu`` block (``gpu.runs``; the summary keys
+``gpu_overhead_ms_p50/p99`` and ``gpu_e2e_ms_p50`` from the r50 fp16 run). Merges into ``bench/results/node.json``
+(other benchmarks' keys stay) and prints a table.
 """
 from __future__ import annotations
 
@@ -114,13 +119,13 @@ def publisher(duration_s: float) -> None:
     while time.monotonic() < end:
         now_ns = time.time_ns()
         poses = []
-        for s in (now_ns - 10_000_000, now_ns + 60_000_000):
+        for s in (now_ns - 70_000_000, now_ns + 20_000_000):
             T = np.eye(4)
             T[0, 3] = 10.0 * (s - t_start_ns) / 1e9
             poses.append(transform_msg("map", "base_link", T, s))
         odom.publish(TFMessage(transforms=poses))
         for i, m in enumerate(msgs):
-            s = now_ns + OFFSETS_MS[i] * 1_000_000
+            s = now_ns - (max(OFFSETS_MS) - OFFSETS_MS[i]) * 1_000_000  # the last camera at now
             m.header.stamp.sec, m.header.stamp.nanosec = split_ns(s)
             pubs[i].publish(m)
         sent += 1
@@ -140,8 +145,10 @@ def pct(xs, q) -> float:
     return float(np.percentile(xs, q)) if len(xs) else float("nan")
 
 
-def measure(path: str, duration: float, threads: int, tmp: Path) -> dict:
-    """One run: node + publisher + this observer, on conversion ``path`` (``fallback`` or ``vehicle``)."""
+def measure(path: str, duration: float, threads: int, tmp: Path, device: str = "cpu", precision: str = "fp32",
+            model: str = "r18_128x352_cpu") -> dict:
+    """One run: node + publisher + this observer, on conversion ``path`` (``fallback`` or ``vehicle``), the node's
+    model a random-weight student of ``config/model/<model>.yaml`` on ``device`` in ``precision``."""
     from labeldistill_ros.dds import apply_dds_environment
 
     apply_dds_environment("local", random.randint(60, 101))
@@ -155,10 +162,11 @@ def measure(path: str, duration: float, threads: int, tmp: Path) -> dict:
 
     from labeldistill_ros.ros_convert import stamp_to_ns
 
-    ckpt = make_checkpoint(tmp / "student.pt", seed=0)
+    ckpt = make_checkpoint(tmp / "student.pt", seed=0, config=ROOT / "config" / "model" / f"{model}.yaml")
     import yaml
 
-    params = {"checkpoint": str(ckpt), "device": "cpu", "score_threshold": 0.05, "max_detections": 50,
+    params = {"checkpoint": str(ckpt), "device": device, "precision": precision, "score_threshold": 0.05,
+              "max_detections": 50,
               "image_topics": [f"{NS}/{c}/image" for c in CAMS],
               "camera_info_topics": [f"{NS}/{c}/camera_info" for c in CAMS], "diagnostics_period_s": 1.0,
               "max_processing_time_ms": 100000.0, "cpu_threads": threads}
@@ -276,7 +284,7 @@ def measure(path: str, duration: float, threads: int, tmp: Path) -> dict:
         "duration_s": duration, "rate_hz": RATE_HZ, "cameras": "6 x 1600x900 rgb8", "cpu_count": os.cpu_count(),
         "node_torch_threads": threads, "conversion_path": path,
         "cv_bridge": "stand-in (bench/vehicle_shim: Humble's two copies)" if path == "vehicle" else "none",
-        "model": "r18_128x352_cpu (random weights)", "device": "cpu", "measured_sets": len(per_set),
+        "model": f"{model} (random weights)", "device": device, "precision": precision, "measured_sets": len(per_set),
         # other processes on the machine inflate every time (2 cores: the publisher alone is busy)
         "load_avg_1min_start": load_start, "load_avg_1min_end": os.getloadavg()[0],
         "node_ready_line": ready_line.strip()[-300:],
@@ -295,12 +303,19 @@ def main() -> int:
                     help="image conversion path(s) to measure (default: both with --quick, fallback otherwise)")
     ap.add_argument("--threads", type=int, default=1,
                     help="the node's cpu_threads (torch intra-op threads; 1: the publisher shares the cores)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="the node's device; cuda (a lent GPU machine) merges one run into node.json's 'gpu' block")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "fp16"], help="the node's precision (cuda)")
+    ap.add_argument("--model", default="r18_128x352_cpu", choices=["r18_128x352_cpu", "r50_256x704"],
+                    help="the random-weight student's config (config/model/<name>.yaml)")
     ap.add_argument("--out", default=str(RESULTS / "node.json"))
     a = ap.parse_args()
     duration = a.duration or (50.0 if a.quick else 600.0)
     if a.role == "publisher":
         publisher(duration)
         return 0
+    if a.device == "cuda":
+        return main_gpu(a, duration)
     path = a.path or ("both" if a.quick else "fallback")
     paths = ["fallback", "vehicle"] if path == "both" else [path]
     runs = {}
@@ -326,9 +341,10 @@ def main() -> int:
         res["vehicle_path"] = runs["vehicle"]
         res["overhead_ms_p50_vehicle_path"] = runs["vehicle"]["overhead_ms_p50"]
         res["overhead_ms_p99_vehicle_path"] = runs["vehicle"]["overhead_ms_p99"]
-    res["gpu"] = {"gpu_forward_ms_p50": None, "gpu_overhead_ms_p50": None, "gpu_overhead_ms_p99": None,
-                  "reason": "unmeasured: no GPU in this session (the CUDA path - pinned staging, device resize, "
-                            "fp16, no host sync inside a set - is tested on the CPU only)"}
+    old_gpu = old.get("gpu") if isinstance(old.get("gpu"), dict) and old["gpu"].get("runs") else None
+    res["gpu"] = old_gpu or {"gpu_forward_ms_p50": None, "gpu_overhead_ms_p50": None, "gpu_overhead_ms_p99": None,
+                             "reason": "unmeasured: no GPU in this session (the CUDA path - pinned staging, device "
+                                       "resize, fp16, no host sync inside a set - is tested on the CPU only)"}
     merged = {k: v for k, v in old.items() if k.startswith("temporal")}
     merged.update(res)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -336,6 +352,37 @@ def main() -> int:
     for name, r in runs.items():
         print_table(name, r)
     print(f"wrote {out}")
+    return 0
+
+
+def main_gpu(a, duration: float) -> int:
+    """One run of the node on CUDA (in-package conversion), merged into ``node.json`` under ``gpu.runs`` with the
+    summary keys of the run named ``<model>_<precision>`` that is the GPU default (r50 fp16 when measured); the CPU
+    figures at the top level stay as they are."""
+    import torch
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_node_gpu_"))
+    res = measure("fallback", duration, a.threads, tmp, device="cuda", precision=a.precision, model=a.model)
+    out = Path(a.out)
+    merged = json.loads(out.read_text()) if out.is_file() else {}
+    gpu = merged.get("gpu") if isinstance(merged.get("gpu"), dict) and "runs" in merged.get("gpu", {}) else {}
+    gpu.setdefault("runs", {})[f"{a.model}_{a.precision}"] = res
+    main_run = gpu["runs"].get("r50_256x704_fp16") or res
+    gpu.update({
+        "device": torch.cuda.get_device_name(0), "torch": torch.__version__, "cpu_cores": os.cpu_count(),
+        "summary_run": f"{main_run['model'].split()[0]}_{main_run['precision']}",
+        "gpu_forward_ms_p50": {k: r["breakdown_ms"]["forward"]["p50"] for k, r in gpu["runs"].items()},
+        "gpu_overhead_ms_p50": main_run["overhead_ms_p50"], "gpu_overhead_ms_p99": main_run["overhead_ms_p99"],
+        "gpu_e2e_ms_p50": main_run["e2e_ms_p50"], "gpu_e2e_ms_p99": main_run["e2e_ms_p99"],
+        "note": "bench_node.py --device cuda on a lent GPU machine (ROS 2 Kilted cp312 wheels there, "
+                "tools/setup_env.py --device-runtime); forward = CUDA event time of the model",
+    })
+    gpu.pop("reason", None)
+    merged["gpu"] = gpu
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(merged, indent=2) + "\n")
+    print_table(f"cuda {a.model} {a.precision}", res)
+    print(f"wrote {out} (gpu.runs.{a.model}_{a.precision})")
     return 0
 
 

@@ -90,9 +90,9 @@ def synthetic_sample(out_dir: Path, seed: int = 0) -> CameraSample:
 
 
 # ------------------------------------------------------------------------------------------------- checkpoints
-def make_checkpoint(path: Path, seed: int = 0, poison_task: int | None = None) -> Path:
-    """A random-weight student of the small CPU config. ``poison_task``: that task head's regression weights
-    become NaN (its boxes are non-finite; the other tasks stay valid)."""
+def make_checkpoint(path: Path, seed: int = 0, poison_task: int | None = None, config: Path = CPU_CONFIG) -> Path:
+    """A random-weight student of ``config`` (default: the small CPU config). ``poison_task``: that task head's
+    regression weights become NaN (its boxes are non-finite; the other tasks stay valid)."""
     import torch
 
     from labeldistill_ros.model.checkpoint import save_checkpoint
@@ -100,7 +100,7 @@ def make_checkpoint(path: Path, seed: int = 0, poison_task: int | None = None) -
     from labeldistill_ros.model.student import StudentDetector
 
     torch.manual_seed(seed)
-    model = StudentDetector.from_config(load_model_config(CPU_CONFIG)).eval()
+    model = StudentDetector.from_config(load_model_config(config)).eval()
     if poison_task is not None:
         with torch.no_grad():
             model.head.task_heads[poison_task].branches["dim"][-1].weight.fill_(float("nan"))

@@ -131,6 +131,28 @@ def test_device_path_split_equals_the_transform(det, sample):
         torch.testing.assert_close(det.transform.apply(on_device, plan), det.transform(img), rtol=0, atol=0)
 
 
+def matched_boxes(a, b, rtol: float, atol: float) -> int:
+    """How many boxes of detections ``a`` have a box of the same class in ``b`` (each used once) equal to within
+    ``atol + rtol * |b|`` in all nine values."""
+    free = np.ones(len(b), dtype=bool)
+    n = 0
+    for box, label in zip(a.boxes, a.labels):
+        ok = free & (b.labels == label) & np.all(np.abs(b.boxes - box) <= atol + rtol * np.abs(b.boxes), axis=1)
+        if ok.any():
+            free[np.flatnonzero(ok)[0]] = False
+            n += 1
+    return n
+
+
+def test_matched_boxes_counts_each_box_once(det, sample):
+    out = det.detect(sample.images, sample.Ks, tf_roundtrip(sample))
+    assert matched_boxes(out, out, rtol=0, atol=0) == len(out) > 0
+    moved = type(out)(out.boxes + np.r_[0.5, np.zeros(8)], out.scores, out.labels, out.class_names, 0, {}, 0)
+    assert matched_boxes(moved, out, rtol=1e-3, atol=2e-3) == 0
+    reordered = type(out)(out.boxes[::-1], out.scores[::-1], out.labels[::-1], out.class_names, 0, {}, 0)
+    assert matched_boxes(reordered, out, rtol=0, atol=0) == len(out)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (no GPU in the CPU sessions)")
 def test_cuda_set_path_does_not_wait_for_the_device(ckpt, sample):
     """On CUDA nothing between a set's staging and its candidates' one transfer synchronises with the device:
@@ -154,7 +176,10 @@ def test_cuda_set_path_does_not_wait_for_the_device(ckpt, sample):
         got = det16.detect_slot(slot, range(6), sample.Ks, T)
     finally:
         det16.release_slot(slot)
-    np.testing.assert_array_equal(got.boxes, ref.boxes)
+    # The same boxes up to the device's non-deterministic fp16 reductions (measured on an H200: 4e-4 at most, and
+    # near-tied scores of the random weights then swap places, so boxes are matched, not compared in order); a row
+    # staged late or from another camera would move boxes by metres.
+    assert len(got) == len(ref) and matched_boxes(got, ref, rtol=1e-3, atol=2e-3) >= len(ref) - 1
     det32 = Detector(ckpt, device="cuda", precision="fp32", score_threshold=0.05, max_detections=50)
     ref32 = det32.detect(sample.images, sample.Ks, T)
     assert abs(len(ref32) - len(got)) <= 2

@@ -5,6 +5,10 @@
 ``requirements/ros-jazzy.txt``, interfaces built with the Jazzy rosidl toolchain); ``make test-jazzy`` runs the
 ROS-facing tests there. The default, ``--ros kilted``, is ``.venv`` with ``requirements/ros.txt``.
 
+``--device-runtime`` (run with Python 3.12) builds ``.venv-device``: the Kilted wheels for cp312 and the three
+interfaces, without torch and without this package, for the lent GPU machine, whose ``python3`` is 3.12 with a
+CUDA torch (``bench/gpu/run_on_device.sh`` unpacks it there; docs/benchmarks.md).
+
 Steps (each skipped when its inputs are unchanged since it last succeeded):
   1. venv        create ``.venv`` with this interpreter (Python 3.11: the torch file on disk is cp311)
   2. packages    pip install torch==2.13.0 (CPU build from local disk), the ROS 2 Kilted wheels, the rosidl
@@ -38,6 +42,7 @@ ROS_REQUIREMENTS = ROOT / "requirements" / "ros.txt"
 STATE = VENV / ".labeldistill-setup"
 LOGS = STATE / "logs"
 PY = VENV / "bin" / "python"
+DEVICE_RUNTIME = False  # --device-runtime: cp312 ROS runtime only (no torch, no project install)
 INTERFACES = ["tf2_msgs", "vision_msgs", "autoware_perception_msgs"]  # build order
 
 
@@ -98,8 +103,21 @@ def venv_python(code: str) -> str:
     return out.stdout.strip()
 
 
+def select_device_runtime() -> None:
+    """Point the steps at ``.venv-device`` (Kilted wheels, Python 3.12, no torch, no project install)."""
+    global DEVICE_RUNTIME, VENV, STATE, LOGS, PY
+    select_distro("kilted")
+    DEVICE_RUNTIME, VENV = True, ROOT / ".venv-device"
+    STATE = VENV / ".labeldistill-setup"
+    LOGS = STATE / "logs"
+    PY = VENV / "bin" / "python"
+
+
 def step_venv() -> None:
-    if sys.version_info[:2] != (3, 11):
+    if DEVICE_RUNTIME and sys.version_info[:2] != (3, 12):
+        raise StepFailed(f"--device-runtime needs Python 3.12 (the GPU machine's python3); this is "
+                         f"{sys.version.split()[0]}")
+    if not DEVICE_RUNTIME and sys.version_info[:2] != (3, 11):
         raise StepFailed(f"needs Python 3.11 (the torch 2.13.0 CPU file on disk is cp311); this is "
                          f"{sys.version.split()[0]}. Run: python3.11 tools/setup_env.py")
     if PY.exists():
@@ -120,6 +138,10 @@ def step_packages() -> None:
     logf = LOGS / "packages.log"
     constraints = ROOT / "requirements" / "constraints.txt"
     run([PY, "-m", "pip", "install", "-q", "--upgrade", "pip", "setuptools>=68", "wheel"], logf)
+    if DEVICE_RUNTIME:  # the GPU machine brings torch and numpy 2; the wheels' C code is built for numpy 2
+        run([PY, "-m", "pip", "install", "-r", ROS_REQUIREMENTS, "numpy>=2", "pyyaml"], logf)
+        stamp("packages", key)
+        return
     run([PY, "-m", "pip", "install", "-c", constraints, "torch==2.13.0",
          "-r", ROS_REQUIREMENTS, "-e", f"{ROOT}[test]", "-e", str(ROOT / "training")], logf)
     ver = venv_python("import torch; print(torch.__version__)")
@@ -134,8 +156,10 @@ def step_cmake_paths() -> None:
     np_inc = venv_python("import numpy; print(numpy.get_include())")
     if not (Path(py_inc) / "Python.h").exists():
         raise StepFailed(f"Python.h not found in {py_inc}: install the Python 3.11 development headers")
-    foreign_py = "/opt/python/cp311-cp311/include/python3.11"
-    foreign_np = "/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include"
+    ver = venv_python("import sys; print('%d%d %d.%d' % (sys.version_info[:2] * 2))")
+    tag, dotted = ver.split()
+    foreign_py = f"/opt/python/cp{tag}-cp{tag}/include/python{dotted}"
+    foreign_np = f"/opt/python/cp{tag}-cp{tag}/lib/python{dotted}/site-packages/numpy/_core/include"
     changed = 0
     for f in (VENV / "share").rglob("*.cmake"):
         text = f.read_text(errors="replace")
@@ -169,6 +193,10 @@ def step_interfaces() -> None:
 
 
 def step_check() -> None:
+    if DEVICE_RUNTIME:
+        venv_python("import rclpy; from vision_msgs.msg import Detection3DArray; from tf2_msgs.msg import TFMessage; "
+                    "from autoware_perception_msgs.msg import DetectedObjects")
+        return
     venv_python("import rclpy, torch; from vision_msgs.msg import Detection3DArray; "
                 "from tf2_msgs.msg import TFMessage; from autoware_perception_msgs.msg import DetectedObjects; "
                 "import labeldistill_ros, labeldistill_training")
@@ -183,8 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="ignore the stamps and redo every step")
     ap.add_argument("--ros", choices=sorted(DISTROS), default="kilted",
                     help="ROS 2 distribution of the wheels: kilted -> .venv (default), jazzy -> .venv-jazzy")
+    ap.add_argument("--device-runtime", action="store_true",
+                    help="with Python 3.12: the cp312 ROS runtime for the lent GPU machine, in .venv-device")
     args = ap.parse_args(argv)
     select_distro(args.ros)
+    if args.device_runtime:
+        select_device_runtime()
     if args.force and STATE.exists():
         for f in STATE.glob("*.stamp"):
             f.unlink()
