@@ -95,9 +95,16 @@ def _coerce(value, tp, source: str, error: type[Exception], key: str):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        if len(inner) != 1:  # pragma: no cover - no config uses a general union
+        if len(inner) == 1:
+            return _coerce(value, inner[0], source, error, key)
+        if not all(a in (bool, int, float, str) for a in inner):  # pragma: no cover - no config uses one
             raise error(f"{source}: '{key}': unsupported type {_type_name(tp)}")
-        return _coerce(value, inner[0], source, error, key)
+        for a in inner:  # a union of scalars (e.g. bool | str for true / false / auto): the first that takes it
+            try:
+                return _coerce(value, a, source, error, key)
+            except error:
+                continue
+        raise error(f"{source}: '{key}' must be {' or '.join(_type_name(a) for a in inner)}, got {value!r}")
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value

@@ -242,11 +242,12 @@ def test_step_callback_sees_each_step_and_can_stop(tmp_path):
     assert (tmp_path / "teacher" / "final.pt").is_file()
 
 
-@pytest.mark.parametrize("cpu_amp", [False, True])
+@pytest.mark.parametrize("cpu_amp", [False, True, "auto"])
 def test_cpu_amp_trains_in_bfloat16_with_fp32_weights(tmp_path, cpu_amp):
     """stages.<stage>.cpu_amp: the step's convolutions run in bfloat16 autocast on the CPU, while the weights,
-    the optimizer and the written checkpoint stay float32; off, everything is float32."""
-    from labeldistill_training.trainer import Trainer
+    the optimizer and the written checkpoint stay float32; off, everything is float32; auto: bfloat16 exactly
+    where /proc/cpuinfo names native bf16."""
+    from labeldistill_training.trainer import Trainer, cpu_has_native_bf16
     from trainer_helpers import collate, fake_config, fake_factory
 
     torch.set_num_threads(1)
@@ -264,9 +265,20 @@ def test_cpu_amp_trains_in_bfloat16_with_fp32_weights(tmp_path, cpu_amp):
     s = Probed(train_config_from_dict(raw), "teacher", dataset_factory=fake_factory, collate_fn=collate).fit()
     assert s["global_step"] == 2
     train_dtypes = set(dtypes[:2])  # the two training steps (evaluation afterwards runs without autocast)
-    assert train_dtypes == ({torch.bfloat16} if cpu_amp else {torch.float32})
+    bf16 = bool(cpu_has_native_bf16()) if cpu_amp == "auto" else cpu_amp
+    assert train_dtypes == ({torch.bfloat16} if bf16 else {torch.float32})
     sd = read_payload(tmp_path / "teacher" / "final.pt", "teacher")["state_dict"]
     assert all(v.dtype == torch.float32 for v in sd.values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("value", ["yes", 1, "AUTO"])
+def test_cpu_amp_takes_only_true_false_or_auto(tmp_path, value):
+    from trainer_helpers import fake_config
+
+    raw = fake_config(tmp_path, epochs=1, iters=2)
+    raw["stages"]["teacher"]["cpu_amp"] = value
+    with pytest.raises(TrainConfigError, match="stages.teacher.cpu_amp"):
+        train_config_from_dict(raw)
 
 
 def test_two_process_gloo_ddp(tmp_path):

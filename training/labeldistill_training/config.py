@@ -20,7 +20,7 @@ import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from labeldistill_ros.typed_config import build, read_yaml, to_plain
 from labeldistill_training.data.config import DataConfig, DataConfigError
@@ -197,9 +197,11 @@ class StageConfig:
     the effective lr and the batch it was scaled from at the start of each stage. Reference student: AdamW 4e-4
     at 4 GPUs x batch 4 = 16, backbone x0.5 (``student.backbone_lr_mult``). ``grad_clip``: max grad norm
     (null = off). ``amp``: fp16 autocast (with a gradient scaler) on CUDA. ``cpu_amp``: bfloat16 autocast on the
-    CPU (no scaler needed: bf16 has fp32's range; the weights, optimizer state and EMA stay fp32). It pays only on
-    CPUs with native bf16 (AVX512-BF16 or AMX: 2.0x on a ResNet-18 forward+backward, 1.4x on a whole student step on
-    a Zen 4); elsewhere it is emulated and slower, so it is off by default.
+    CPU (no scaler needed: bf16 has fp32's range; the weights, optimizer state and EMA stay fp32): ``true``,
+    ``false`` or ``auto`` (on where the CPU has native bf16). It pays only on CPUs with native bf16 (AVX512-BF16
+    or AMX: 2.0x on a ResNet-18 forward+backward, 1.4x on a whole student step on a Zen 4); elsewhere it is
+    emulated and slower (a teacher step 9.0 s against fp32's on a Zen 3 without AVX-512), so it is off by default
+    and ``auto`` in the CPU configs.
     ``max_iters_per_epoch``: cap for tests and benchmarks (null = the whole split).
     ``init_checkpoint``: optional weights to start from; ``teacher_checkpoint`` / ``label_encoder_checkpoint``:
     the frozen inputs of later stages (default: the earlier stages' ``final.pt`` under ``trainer.work_dir``)."""
@@ -212,7 +214,7 @@ class StageConfig:
     base_batch_size: Optional[int] = None
     grad_clip: Optional[float] = 5.0
     amp: bool = True
-    cpu_amp: bool = False
+    cpu_amp: Union[bool, str] = False  # true | false | auto
     ema: bool = True
     max_iters_per_epoch: Optional[int] = None
     init_checkpoint: Optional[str] = None
@@ -393,6 +395,8 @@ def _validate(cfg: TrainConfig, src: str) -> None:
         _check(s.max_iters_per_epoch is None or s.max_iters_per_epoch >= 1, src,
                f"'{k}.max_iters_per_epoch' must be >= 1 or null")
         _check(s.base_batch_size is None or s.base_batch_size >= 1, src, f"'{k}.base_batch_size' must be >= 1")
+        _check(isinstance(s.cpu_amp, bool) or s.cpu_amp == "auto", src,
+               f"'{k}.cpu_amp' must be true, false or auto, got {s.cpu_amp!r}")
     tr = cfg.trainer
     _check(0 <= tr.ema_decay < 1, src, f"'trainer.ema_decay' must be in [0, 1), got {tr.ema_decay}")
     _check(tr.ema_ramp >= 0, src, "'trainer.ema_ramp' must be >= 0")

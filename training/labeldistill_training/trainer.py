@@ -110,6 +110,11 @@ def cpu_has_native_bf16() -> Optional[bool]:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cpu_amp_enabled(cpu_amp: bool | str) -> bool:
+    """``stages.<stage>.cpu_amp``: true, false, or ``auto`` = on where the CPU has native bfloat16."""
+    return bool(cpu_has_native_bf16()) if cpu_amp == "auto" else bool(cpu_amp)
+
+
 class Trainer:
     """Trains one stage of a :class:`~labeldistill_training.config.TrainConfig`.
 
@@ -153,7 +158,7 @@ class Trainer:
         self.use_amp = bool(self.scfg.amp and self.device.type == "cuda")
         # autocast dtype of a training step: fp16 + GradScaler on CUDA, bf16 on the CPU (stage's cpu_amp), or None
         self.autocast_dtype = torch.float16 if self.use_amp else \
-            torch.bfloat16 if (self.scfg.cpu_amp and self.device.type == "cpu") else None
+            torch.bfloat16 if (cpu_amp_enabled(self.scfg.cpu_amp) and self.device.type == "cpu") else None
 
     # ------------------------------------------------------------------------------------------------ building
     def build_stage(self) -> nn.Module:
@@ -197,6 +202,8 @@ class Trainer:
         self._print(self.describe_lr())
         if self.autocast_dtype is not None:
             self._print(f"[{self.stage}] autocast {str(self.autocast_dtype).replace('torch.', '')} on {self.device}")
+        if self.scfg.cpu_amp == "auto" and self.device.type == "cpu" and self.autocast_dtype is None:
+            self._print(f"[{self.stage}] cpu_amp auto: fp32 (this CPU has no native bfloat16)")
         if self.autocast_dtype is torch.bfloat16 and cpu_has_native_bf16() is False:
             self._print(f"[{self.stage}] WARNING: stages.{self.stage}.cpu_amp is on but this CPU has no native "
                         "bfloat16 (no avx512_bf16 / amx_bf16 flag): bf16 is emulated and slower than fp32 here; "
