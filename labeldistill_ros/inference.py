@@ -42,6 +42,7 @@ from .model.image_transform import ImageTransform
 from .input_slots import InputSlot, SlotPool
 from .model.view_transform import host_calibration_key
 from .temporal_buffer import BevHistory
+from .tracking import VelocityTracker, apply_tracked_velocity
 
 
 class DetectorError(RuntimeError):
@@ -168,6 +169,8 @@ class Detector:
         self.cfg = cfg
         # Temporal students: the BEV features of past sets, kept once, warped into each new set's ego frame.
         self.history = BevHistory.for_config(cfg) if cfg.temporal.num_prev_frames else None
+        # decode.velocity tracked: vx, vy from the boxes' motion across sets (needs each set's stamp and ego pose)
+        self.tracker = VelocityTracker(cfg.class_names) if cfg.decode.velocity == "tracked" else None
         self.class_names: tuple[str, ...] = tuple(cfg.class_names)
         self.input_size: tuple[int, int] = tuple(cfg.input_size)
         self.score_threshold = float(cfg.decode.score_threshold if score_threshold is None else score_threshold)
@@ -198,9 +201,12 @@ class Detector:
                 f"checkpoint {self.checkpoint}")
 
     def reset_history(self) -> None:
-        """Forget the previous frames of a temporal model (time jumped back, a new drive); no-op otherwise."""
+        """Forget the previous frames of a temporal model and the velocity tracks (time jumped back, a new
+        drive); no-op otherwise."""
         if self.history is not None:
             self.history.clear()
+        if self.tracker is not None:
+            self.tracker.reset()
 
     # ---------------------------------------------------------------------------------------------- warm-up
     def warmup(self, num_cameras: int, iterations: int = 2) -> float:
@@ -310,6 +316,9 @@ class Detector:
         slot.in_flight[:] = False  # the stream has passed everything staged for this set
         t_host = time.perf_counter()
         dec = select_detections(cand, self._decode_cfg)
+        boxes = dec.boxes.astype(np.float64)
+        if self.tracker is not None and stamp_ns is not None:
+            boxes = apply_tracked_velocity(self.tracker, boxes, dec.labels, dec.scores, stamp_ns, ego_pose)
         t3 = time.perf_counter()
         if events:  # device times from events (read after the transfer: no extra wait)
             pre = (t1 - t0) * 1e3
@@ -317,7 +326,7 @@ class Detector:
             post = events[1].elapsed_time(events[2]) + (t3 - t_host) * 1e3
         else:
             pre, fwd, post = (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3
-        return Detections(dec.boxes.astype(np.float64), dec.scores, dec.labels, self.class_names, dec.nonfinite,
+        return Detections(boxes, dec.scores, dec.labels, self.class_names, dec.nonfinite,
                           {"preprocess": pre, "forward": fwd, "postprocess": post}, missing_prev)
 
     def forward_candidates(self, slot: InputSlot, rows: Sequence[int], Ks, cam2target, stamp_ns=None,

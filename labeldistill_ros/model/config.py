@@ -156,13 +156,17 @@ class HeadConfig:
 @dataclass(frozen=True)
 class DecodeConfig:
     """Box decoding. ``nms_radius``: per class (``class_names`` order), metres between centres below which the
-    lower-scored box of the same class is suppressed (0 disables NMS for that class)."""
+    lower-scored box of the same class is suppressed (0 disables NMS for that class). ``velocity``: where a box's
+    vx, vy come from: ``model`` (the head's regression) or ``tracked`` (the box's motion across consecutive sets,
+    :mod:`labeldistill_ros.tracking`, in the node's fixed frame and in the trainer's evaluation alike; a box
+    that starts a track, or a set without an ego pose, keeps the head's)."""
 
     score_threshold: float = 0.1
     max_candidates_per_task: int = 500
     post_center_range: tuple[float, ...] = (-61.2, -61.2, -10.0, 61.2, 61.2, 10.0)
     nms_radius: tuple[float, ...] = (2.0, 3.46, 3.46, 3.16, 3.16, 1.0, 0.92, 0.92, 0.42, 0.42)
     max_detections: int = 500
+    velocity: str = "model"
 
 
 @dataclass(frozen=True)
@@ -312,6 +316,7 @@ def _validate(cfg: ModelConfig, src: str) -> None:
     _check(len(dec.nms_radius) == len(cfg.class_names) and all(r >= 0 for r in dec.nms_radius), src,
            f"decode.nms_radius needs one radius >= 0 (metres) per class ({len(cfg.class_names)}), "
            f"got {len(dec.nms_radius)}")
+    _check(dec.velocity in ("model", "tracked"), src, f"decode.velocity = {dec.velocity!r} must be model or tracked")
 
 
 def _validate_temporal(tc: TemporalConfig, src: str) -> None:

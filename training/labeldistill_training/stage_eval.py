@@ -47,13 +47,37 @@ def run_detection_eval(cfg: TrainConfig, model_cfg, preds: list[dict], out_dir: 
     dc = cfg.data
     dets = [{"sample_token": p["sample_token"], "boxes": p["boxes"].numpy(), "scores": p["scores"].numpy(),
              "labels": p["labels"].numpy(), "ego2global": p["ego2global"]} for p in preds]
-    results = detections_to_results(dets, classes=model_cfg.class_names)
     nusc = load_nuscenes(str(resolve_path(cfg, dc.dataroot)), dc.version)
+    if model_cfg.decode.velocity == "tracked":
+        dets = track_velocities(dets, nusc, model_cfg.class_names)
+    results = detections_to_results(dets, classes=model_cfg.class_names)
     res = evaluate_results(results, nusc, dc.val_split, out_dir, validate=True)
     return {"mAP": res.mAP, "NDS": res.NDS, **{k: v for k, v in res.tp_errors.items()},
             "class_ap": res.class_ap, "num_samples": res.num_samples,
             "num_samples_without_results": res.num_samples_without_results,
             "per_class_max_recall": per_class_max_recall(Path(out_dir) / "metrics_details.json")}
+
+
+def track_velocities(dets: list[dict], nusc, class_names) -> list[dict]:
+    """``decode.velocity: tracked``: each scene's samples in time order through one
+    :class:`~labeldistill_ros.tracking.VelocityTracker` in the global frame (the node's does the same in its fixed
+    frame), boxes' vx, vy replaced by :func:`~labeldistill_ros.tracking.apply_tracked_velocity`. ``dets``: dicts
+    with ``sample_token``, ``boxes (N, 9)`` in the key ego frame, ``labels``, ``scores``, ``ego2global``; returns
+    new dicts in the same order."""
+    from labeldistill_ros.tracking import VelocityTracker, apply_tracked_velocity
+
+    scenes: dict[str, list[tuple[int, int]]] = {}
+    for i, d in enumerate(dets):
+        s = nusc.get("sample", d["sample_token"])
+        scenes.setdefault(s["scene_token"], []).append((int(s["timestamp"]), i))
+    out = [dict(d) for d in dets]
+    for items in scenes.values():
+        tracker = VelocityTracker(class_names)
+        for ts_us, i in sorted(items):
+            d = out[i]
+            d["boxes"] = apply_tracked_velocity(tracker, d["boxes"], d["labels"], d["scores"], ts_us * 1000,
+                                                d["ego2global"])
+    return out
 
 
 MIN_RECALL = 0.1
