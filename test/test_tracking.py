@@ -3,6 +3,8 @@ detections with noise, its frames (a moving, turning ego vehicle), its resets, t
 evaluation through nuscenes-devkit on the synthetic world."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -92,13 +94,29 @@ def test_apply_tracked_velocity_works_in_the_fixed_frame_and_answers_in_the_targ
     assert len(tr) == n
 
 
-def test_detector_of_a_tracked_config_owns_a_tracker_reset_with_its_history(tmp_path):
+def test_detector_of_a_tracked_config_tracks_across_sets_and_resets_with_its_history(tmp_path):
+    """decode.velocity: tracked in the checkpoint's config: the Detector (node, bag replay) replaces the boxes' vx, vy
+    once a track has been seen twice, and forgets its tracks with the temporal history; the default (model) has no
+    tracker."""
     from labeldistill_ros.inference import Detector
-    from node_support import make_checkpoint
+    from node_support import CPU_CONFIG, make_checkpoint, real_sample, tf_roundtrip
 
-    det = Detector(make_checkpoint(tmp_path / "s.pt"), device="cpu")
-    assert det.cfg.decode.velocity == "tracked" and det.tracker is not None  # the CPU student's config
-    det.tracker.update(S, np.array([[1.0, 2.0]]), np.array([CAR]))
+    cfg = tmp_path / "tracked.yaml"
+    cfg.write_text(CPU_CONFIG.read_text().replace("velocity: model", "velocity: tracked"))
+    plain = Detector(make_checkpoint(tmp_path / "m.pt"), device="cpu", score_threshold=0.05)  # same weights
+    det = Detector(make_checkpoint(tmp_path / "t.pt", config=cfg), device="cpu", score_threshold=0.05)
+    assert plain.tracker is None and det.cfg.decode.velocity == "tracked" and det.tracker is not None
+    sample = real_sample(Path(__file__).resolve().parents[2] / "shared" / "real-nuscenes-sample")
+    Ks, T = sample.Ks, tf_roundtrip(sample)
+    poses = [np.eye(4), geo.make_transform(np.eye(3), [2.0, 0.0, 0.0])]  # 0.5 s later the ego is 2 m further on
+    ref = VelocityTracker(det.class_names)
+    for k, pose in enumerate(poses):
+        stamp = S + k * S // 2
+        got = det.detect(sample.images, Ks, T, stamp_ns=stamp, ego_pose=pose)
+        m = plain.detect(sample.images, Ks, T, stamp_ns=stamp, ego_pose=pose)
+        want = apply_tracked_velocity(ref, m.boxes, m.labels, m.scores, stamp, pose)
+        np.testing.assert_allclose(got.boxes, want, rtol=0, atol=1e-9)
+    assert len(got) > 0 and np.any(np.abs(got.boxes[:, 7:9] - m.boxes[:, 7:9]) > 1.0)  # replaced, not the head's
     det.reset_history()
     assert len(det.tracker) == 0
 

@@ -7,7 +7,7 @@ ROS-facing tests there. The default, ``--ros kilted``, is ``.venv`` with ``requi
 
 ``--device-runtime`` (run with Python 3.12) builds ``.venv-device``: the Kilted wheels for cp312 and the three
 interfaces, without torch and without this package, for the lent GPU machine, whose ``python3`` is 3.12 with a
-CUDA torch (``bench/gpu/run_on_device.sh`` unpacks it there; docs/benchmarks.md).
+CUDA torch (``bench/gpu/run_on_device.sh`` unpacks it there; docs/node.md, "On a GPU").
 
 Steps (each skipped when its inputs are unchanged since it last succeeded):
   1. venv        create ``.venv`` with this interpreter (Python 3.11: the torch file on disk is cp311)
