@@ -36,6 +36,9 @@ HEADLINES: dict[str, list[tuple[str, str, str]]] = {
         ("node backend compiled vs eager, r18 128x352 CPU 1 thread (torch.compile)", "compiled_speedup", "x"),
         ("student forward r18 128x352, CPU p50", "forward.r18_128x352_cpu.cpu.forward_ms_p50", "ms"),
         ("student forward r50 256x704, CPU p50", "forward.r50_256x704.cpu.forward_ms_p50", "ms"),
+        ("student forward r18 128x352, lent GPU (H200) fp32 / fp16 p50",
+         "gpu.gpu_forward_ms_p50.r18_128x352_cpu", "ms"),
+        ("student forward r50 256x704, lent GPU (H200) fp32 / fp16 p50", "gpu.gpu_forward_ms_p50.r50_256x704", "ms"),
     ],
     "data": [("data pipeline, 6 x 1600x900 JPEG -> 256x704, no workers", "results.0.samples_per_s", "samples/s")],
     "node": [
@@ -47,6 +50,10 @@ HEADLINES: dict[str, list[tuple[str, str, str]]] = {
         ("model rate inside the node (r18 128x352, CPU, 1 thread)", "model_hz", "Hz"),
         ("camera sets lost in transport (6 x 1600x900 rgb8)", "dropped_sets", ""),
         ("resident memory growth over the run", "rss_growth_mb", "MB"),
+        ("node on a lent GPU (H200, r50 256x704 fp16, live ROS): overhead p50", "gpu.gpu_overhead_ms_p50", "ms"),
+        ("node on a lent GPU: overhead p99", "gpu.gpu_overhead_ms_p99", "ms"),
+        ("node on a lent GPU: end-to-end (last camera's stamp -> detections received) p50",
+         "gpu.gpu_e2e_ms_p50", "ms"),
         ("temporal model per set: history + warp + stack (r18, 1 previous frame), p50", "temporal_overhead_ms_p50",
          "ms"),
         ("temporal overhead / forward, r50 256x704 with 4 previous frames (CPU)",
@@ -103,6 +110,8 @@ def machine() -> str:
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+    if isinstance(v, dict) and v and all(isinstance(x, (int, float)) or x is None for x in v.values()):
+        return " / ".join(f"{k} {_fmt(x)}" for k, x in v.items() if x is not None)  # e.g. fp32 14.31 / fp16 18.46
     if isinstance(v, (dict, list)):
         return json.dumps(v, sort_keys=True)[:80]
     return str(v)
