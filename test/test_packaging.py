@@ -242,3 +242,16 @@ def _comments(path: Path) -> list:
 
     parser = ET.XMLParser(target=ET.TreeBuilder(insert_comments=True))
     return [e for e in ET.parse(path, parser).getroot().iter() if e.tag is ET.Comment]
+
+
+def test_device_runtime_set_up_refuses_any_python_but_3_12():
+    """``tools/setup_env.py --device-runtime`` builds the cp312 ROS runtime for the lent GPU machine (whose python3 is
+    3.12): run with this 3.11 interpreter it stops at its first step, saying which Python it needs, before creating
+    or installing anything."""
+    venv = REPO / ".venv-device"
+    existed = venv.exists()
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "setup_env.py"), "--device-runtime"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert "FAILED at step 1/5 'venv': --device-runtime needs Python 3.12" in r.stdout, r.stdout + r.stderr
+    assert venv.exists() == existed
