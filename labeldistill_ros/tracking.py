@@ -78,7 +78,7 @@ class VelocityTracker:
         """Associate one set's boxes with the tracks and update them.
 
         ``centres_xy``: ``(N, 2)`` box centres in the fixed frame (m), ``labels``: ``(N,)`` class indices,
-        ``scores``: ``(N,)`` (higher first in association; default: the given order), ``stamp_ns``: the set's
+        ``scores``: ``(N,)`` (the higher-scored box first between equally near pairs), ``stamp_ns``: the set's
         stamp. Returns ``(velocity (N, 2) m/s in the fixed frame, known (N,) bool)``: ``known`` is False for a box
         that started a track (its velocity is then 0 here: keep the model's). A stamp not after the previous one
         resets the tracker first.
@@ -99,15 +99,16 @@ class VelocityTracker:
         known = np.zeros(n, dtype=bool)
         # Candidate pairs (distance, track, box) of the same class within the track's gate; a track seen once has
         # no velocity yet, so its gate also covers the class's fastest plausible motion since then.
+        rank = -np.asarray(scores, dtype=np.float64).reshape(-1) if scores is not None else np.zeros(n)
         pairs = []
         for ti, t in enumerate(self._tracks):
             gate = cfg.gate_m + (MAX_SPEED_FACTOR * self._speed[t.label] * t.dt if t.updates == 0 else 0.0)
             for i in np.flatnonzero(labels == t.label):
                 d = float(np.hypot(*(t.x[:2] - centres_xy[i])))
                 if d <= gate:
-                    pairs.append((d, ti, int(i)))
+                    pairs.append((d, float(rank[i]), ti, int(i)))
         used_t, used_b = set(), set()
-        for _d, ti, i in sorted(pairs):  # globally nearest first
+        for _d, _r, ti, i in sorted(pairs):  # globally nearest first
             if ti in used_t or i in used_b:
                 continue
             used_t.add(ti)
