@@ -346,9 +346,9 @@ def main(argv=None) -> int:
         results["gpu"] = {"device": torch.cuda.get_device_name(0), "gpu_forward_ms_p50": gpu_summary(forward)}
     else:  # keep a GPU block measured earlier on a lent machine (bench_model.py --gpu-only)
         old = json.loads(OUT.read_text()).get("gpu") if OUT.is_file() else None
-        results["gpu"] = old if old and old.get("gpu_forward_ms_p50") else {
-            "gpu_forward_ms_p50": None, "reason": "unmeasured: no GPU in this session"}
-        if old and old.get("gpu_forward_ms_p50"):
+        measured = old if old and old.get("gpu_forward_ms_p50") else None
+        results["gpu"] = measured or {"gpu_forward_ms_p50": None, "reason": "unmeasured: no GPU in this session"}
+        if measured:
             results["gpu_rows"] = "from an earlier run on a lent GPU machine (bench_model.py --gpu-only)"
     results["wall_s"] = round(time.monotonic() - t_start, 1)
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .geometry.transforms import transform_points
+
 # Typical speed (m/s, one sigma) of each nuScenes class: the prior of a new track's velocity. Static classes get a
 # small prior, so noise in their positions is not read as motion.
 SPEED_PRIOR_MPS = {"car": 6.0, "truck": 6.0, "bus": 6.0, "trailer": 4.0, "construction_vehicle": 1.0,
@@ -42,10 +44,10 @@ class TrackerConfig:
 
 
 class _Track:
-    __slots__ = ("label", "x", "P", "t_ns", "updates", "dt")
+    __slots__ = ("label", "x", "P", "t_ns", "updates")
 
     def __init__(self, label: int, xy: np.ndarray, t_ns: int, pos_var: float, speed_sigma: float):
-        self.label, self.t_ns, self.updates, self.dt = label, t_ns, 0, 0.0
+        self.label, self.t_ns, self.updates = label, t_ns, 0
         self.x = np.array([xy[0], xy[1], 0.0, 0.0])
         self.P = np.diag([pos_var, pos_var, speed_sigma ** 2, speed_sigma ** 2])
 
@@ -91,9 +93,9 @@ class VelocityTracker:
         self._last_ns = stamp_ns
         cfg = self.cfg
         self._tracks = [t for t in self._tracks if (stamp_ns - t.t_ns) * 1e-9 <= cfg.max_gap_s]
-        for t in self._tracks:
-            t.dt = (stamp_ns - t.t_ns) * 1e-9
-            self._predict(t, t.dt)
+        dts = [(stamp_ns - t.t_ns) * 1e-9 for t in self._tracks]  # s since each track was last predicted
+        for t, dt in zip(self._tracks, dts):
+            self._predict(t, dt)
             t.t_ns = stamp_ns
         vel = np.zeros((n, 2))
         known = np.zeros(n, dtype=bool)
@@ -102,7 +104,7 @@ class VelocityTracker:
         rank = -np.asarray(scores, dtype=np.float64).reshape(-1) if scores is not None else np.zeros(n)
         pairs = []
         for ti, t in enumerate(self._tracks):
-            gate = cfg.gate_m + (MAX_SPEED_FACTOR * self._speed[t.label] * t.dt if t.updates == 0 else 0.0)
+            gate = cfg.gate_m + (MAX_SPEED_FACTOR * self._speed[t.label] * dts[ti] if t.updates == 0 else 0.0)
             for i in np.flatnonzero(labels == t.label):
                 d = float(np.hypot(*(t.x[:2] - centres_xy[i])))
                 if d <= gate:
@@ -152,9 +154,7 @@ def apply_tracked_velocity(tracker: VelocityTracker, boxes: np.ndarray, labels: 
     if target2fixed is None:
         return boxes
     T = np.asarray(target2fixed, dtype=np.float64)
-    R2 = T[:2, :2]
-    centres = boxes[:, :2] @ R2.T + T[:2, 3] if len(boxes) else np.zeros((0, 2))
-    vel, known = tracker.update(int(stamp_ns), centres, labels, scores)
+    vel, known = tracker.update(int(stamp_ns), transform_points(T, boxes[:, :3])[:, :2], labels, scores)
     if known.any():
-        boxes[known, 7:9] = vel[known] @ R2  # fixed -> target: R^T v, row-wise
+        boxes[known, 7:9] = vel[known] @ T[:2, :2]  # fixed -> target: R^T v, row-wise
     return boxes

@@ -200,7 +200,7 @@ class StageConfig:
     CPU (no scaler needed: bf16 has fp32's range; the weights, optimizer state and EMA stay fp32): ``true``,
     ``false`` or ``auto`` (on where the CPU has native bf16). It pays only on CPUs with native bf16 (AVX512-BF16
     or AMX: 2.0x on a ResNet-18 forward+backward, 1.4x on a whole student step on a Zen 4); elsewhere it is
-    emulated and slower (a teacher step 9.0 s against fp32's on a Zen 3 without AVX-512), so it is off by default
+    emulated and slower (a teacher step 9.0 s against 3.5 s in fp32 on an EPYC without AVX-512), so it is off by default
     and ``auto`` in the CPU configs.
     ``max_iters_per_epoch``: cap for tests and benchmarks (null = the whole split).
     ``init_checkpoint``: optional weights to start from; ``teacher_checkpoint`` / ``label_encoder_checkpoint``:
