@@ -236,23 +236,59 @@ def bench_forward_cuda(cfg, iters: int, compile_parts: bool = True) -> dict:
         rows["cuda_fp16_channels_last_relift_all_frames"] = summary(timed(amp_relift, iters, 3, True))
     if not compile_parts:
         return rows
-    try:
-        for part in ("backbone", "image_neck", "depth_net", "bev_encoder", "head"):
-            setattr(model, part, torch.compile(getattr(model, part)))
+    rows.update(bench_compiled_cuda(model, run, iters))
+    return rows
 
-        def amp_compiled():
-            with torch.autocast("cuda", dtype=torch.float16):
-                return run()
-        rows["cuda_fp16_channels_last_compiled"] = summary(timed(amp_compiled, iters, 10, True))
-    except Exception as e:  # compile needs a working triton toolchain; report instead of failing the bench
-        rows["cuda_fp16_channels_last_compiled"] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+
+def bench_compiled_cuda(model, run, iters: int) -> dict:
+    """fp16 autocast through the node's ``backend: compiled`` (:func:`labeldistill_ros.inference.compile_parts` of
+    :func:`~labeldistill_ros.inference.compiled_part_names` for CUDA), and the same with CUDA graphs (inductor's
+    ``reduce-overhead`` mode: one graph replay instead of a launch per kernel). Each row carries its compile time
+    and the largest difference of the head outputs from eager fp16 on the same inputs."""
+    from labeldistill_ros.inference import compile_parts, compiled_part_names
+
+    names = compiled_part_names("cuda")
+    eager = {p: getattr(model, p) for p in names}
+
+    def use(parts):
+        for name, module in parts.items():
+            setattr(model, name, module)
+
+    def amp():
+        with torch.autocast("cuda", dtype=torch.float16):
+            return run()
+
+    def amp_graphs():  # a new step: the previous forward's graph outputs may be overwritten from here on
+        torch.compiler.cudagraph_mark_step_begin()
+        return amp()
+
+    ref = [{k: v.float().clone() for k, v in t.items()} for t in amp().head_outputs]
+    rows = {}
+    for row, mode, fn in (("cuda_fp16_channels_last_compiled", None, amp),
+                          ("cuda_fp16_channels_last_compiled_cudagraphs", "reduce-overhead", amp_graphs)):
+        try:
+            use(compile_parts(eager, mode=mode))
+            t0 = time.perf_counter()
+            fn()
+            torch.cuda.synchronize()
+            compile_s = time.perf_counter() - t0
+            out = [{k: v.float().clone() for k, v in t.items()} for t in fn().head_outputs]
+            diff = max(float((a[k] - b[k]).abs().max()) for a, b in zip(ref, out) for k in a)
+            rows[row] = {**summary(timed(fn, iters, 10, True)), "compile_s": round(compile_s, 1),
+                         "max_abs_diff_vs_eager_fp16": float(f"{diff:.2e}")}
+        except Exception as e:  # compile needs a working triton toolchain; report instead of failing the bench
+            rows[row] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+        finally:
+            use(eager)
+            torch._dynamo.reset()
     return rows
 
 
 # ------------------------------------------------------------------------------------------------------- main
 def gpu_summary(forward: dict) -> dict:
     """``gpu_forward_ms_p50`` per model and precision (fp16: autocast, channels_last) from the CUDA rows."""
-    rows = {"fp32": "cuda_fp32", "fp16": "cuda_fp16_channels_last", "fp16_compiled": "cuda_fp16_channels_last_compiled"}
+    rows = {"fp32": "cuda_fp32", "fp16": "cuda_fp16_channels_last", "fp16_compiled": "cuda_fp16_channels_last_compiled",
+            "fp16_compiled_cudagraphs": "cuda_fp16_channels_last_compiled_cudagraphs"}
     return {name: {prec: forward[name].get(row, {}).get("forward_ms_p50") for prec, row in rows.items()}
             for name in forward}
 

@@ -36,9 +36,9 @@ without ROS; the top-level keys), and ``vehicle``, with ``cv_bridge`` importable
 deserialises each image of a set it runs and converts it with ``cv_bridge`` (here the stand-in in
 ``bench/vehicle_shim``, which makes the two copies of Humble's ``imgmsg_to_cv2``; keys under ``vehicle_path``).
 ``--quick`` measures both. ``--device cuda`` (a lent GPU machine, bench/gpu/run_on_device.sh) runs the node on the
-GPU with ``--model`` and ``--precision`` and merges that run into the ``gpu`` block (``gpu.runs``; the summary keys
-``gpu_overhead_ms_p50/p99`` and ``gpu_e2e_ms_p50`` from the r50 fp16 run). Merges into ``bench/results/node.json``
-(other benchmarks' keys stay) and prints a table.
+GPU with ``--model``, ``--precision`` and ``--backend`` and merges that run into the ``gpu`` block (``gpu.runs``;
+the summary keys ``gpu_overhead_ms_p50/p99`` and ``gpu_e2e_ms_p50`` from the r50 fp16 run). Merges into
+``bench/results/node.json`` (other benchmarks' keys stay) and prints a table.
 """
 from __future__ import annotations
 
@@ -146,9 +146,10 @@ def pct(xs, q) -> float:
 
 
 def measure(path: str, duration: float, threads: int, tmp: Path, device: str = "cpu", precision: str = "fp32",
-            model: str = "r18_128x352_cpu") -> dict:
+            model: str = "r18_128x352_cpu", backend: str = "eager") -> dict:
     """One run: node + publisher + this observer, on conversion ``path`` (``fallback`` or ``vehicle``), the node's
-    model a random-weight student of ``config/model/<model>.yaml`` on ``device`` in ``precision``."""
+    model a random-weight student of ``config/model/<model>.yaml`` on ``device`` in ``precision`` with
+    ``backend`` (eager | compiled: the node compiles in its warm-up, before it reports ready)."""
     from labeldistill_ros.dds import apply_dds_environment
 
     apply_dds_environment("local", random.randint(60, 101))
@@ -165,7 +166,8 @@ def measure(path: str, duration: float, threads: int, tmp: Path, device: str = "
     ckpt = make_checkpoint(tmp / "student.pt", seed=0, config=ROOT / "config" / "model" / f"{model}.yaml")
     import yaml
 
-    params = {"checkpoint": str(ckpt), "device": device, "precision": precision, "score_threshold": 0.05,
+    params = {"checkpoint": str(ckpt), "device": device, "precision": precision, "backend": backend,
+              "score_threshold": 0.05,
               "max_detections": 50,
               "image_topics": [f"{NS}/{c}/image" for c in CAMS],
               "camera_info_topics": [f"{NS}/{c}/camera_info" for c in CAMS], "diagnostics_period_s": 1.0,
@@ -284,7 +286,8 @@ def measure(path: str, duration: float, threads: int, tmp: Path, device: str = "
         "duration_s": duration, "rate_hz": RATE_HZ, "cameras": "6 x 1600x900 rgb8", "cpu_count": os.cpu_count(),
         "node_torch_threads": threads, "conversion_path": path,
         "cv_bridge": "stand-in (bench/vehicle_shim: Humble's two copies)" if path == "vehicle" else "none",
-        "model": f"{model} (random weights)", "device": device, "precision": precision, "measured_sets": len(per_set),
+        "model": f"{model} (random weights)", "device": device, "precision": precision, "backend": backend,
+        "measured_sets": len(per_set),
         # other processes on the machine inflate every time (2 cores: the publisher alone is busy)
         "load_avg_1min_start": load_start, "load_avg_1min_end": os.getloadavg()[0],
         "node_ready_line": ready_line.strip()[-300:],
@@ -306,6 +309,8 @@ def main() -> int:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                     help="the node's device; cuda (a lent GPU machine) merges one run into node.json's 'gpu' block")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "fp16"], help="the node's precision (cuda)")
+    ap.add_argument("--backend", default="eager", choices=["eager", "compiled"],
+                    help="the node's backend (cuda; the run is named <model>_<precision>_compiled)")
     ap.add_argument("--model", default="r18_128x352_cpu", choices=["r18_128x352_cpu", "r50_256x704"],
                     help="the random-weight student's config (config/model/<name>.yaml)")
     ap.add_argument("--out", default=str(RESULTS / "node.json"))
@@ -362,15 +367,17 @@ def main_gpu(a, duration: float) -> int:
     import torch
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_node_gpu_"))
-    res = measure("fallback", duration, a.threads, tmp, device="cuda", precision=a.precision, model=a.model)
+    res = measure("fallback", duration, a.threads, tmp, device="cuda", precision=a.precision, model=a.model,
+                  backend=a.backend)
+    run_name = f"{a.model}_{a.precision}" + ("_compiled" if a.backend == "compiled" else "")
     out = Path(a.out)
     merged = json.loads(out.read_text()) if out.is_file() else {}
     gpu = merged.get("gpu") if isinstance(merged.get("gpu"), dict) and "runs" in merged.get("gpu", {}) else {}
-    gpu.setdefault("runs", {})[f"{a.model}_{a.precision}"] = res
+    gpu.setdefault("runs", {})[run_name] = res
     main_run = gpu["runs"].get("r50_256x704_fp16") or res
     gpu.update({
         "device": torch.cuda.get_device_name(0), "torch": torch.__version__, "cpu_cores": os.cpu_count(),
-        "summary_run": f"{main_run['model'].split()[0]}_{main_run['precision']}",
+        "summary_run": next(k for k, r in gpu["runs"].items() if r is main_run),
         "gpu_forward_ms_p50": {k: r["breakdown_ms"]["forward"]["p50"] for k, r in gpu["runs"].items()},
         "gpu_overhead_ms_p50": main_run["overhead_ms_p50"], "gpu_overhead_ms_p99": main_run["overhead_ms_p99"],
         "gpu_e2e_ms_p50": main_run["e2e_ms_p50"], "gpu_e2e_ms_p99": main_run["e2e_ms_p99"],
@@ -381,8 +388,8 @@ def main_gpu(a, duration: float) -> int:
     merged["gpu"] = gpu
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(merged, indent=2) + "\n")
-    print_table(f"cuda {a.model} {a.precision}", res)
-    print(f"wrote {out} (gpu.runs.{a.model}_{a.precision})")
+    print_table(f"cuda {run_name}", res)
+    print(f"wrote {out} (gpu.runs.{run_name})")
     return 0
 
 

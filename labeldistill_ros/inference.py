@@ -69,6 +69,27 @@ class Detections:
     def __len__(self) -> int:
         return len(self.boxes)
 
+    def count_matched(self, other: "Detections", rtol: float, atol: float) -> int:
+        """How many of these boxes have a box of the same class in ``other`` (each used once) equal to within
+        ``atol + rtol * |other|`` in all nine values. Order-free: fp16 rounding may swap near-tied scores."""
+        free = np.ones(len(other), dtype=bool)
+        n = 0
+        for box, label in zip(self.boxes, self.labels):
+            ok = free & (other.labels == label) & np.all(
+                np.abs(other.boxes - box) <= atol + rtol * np.abs(other.boxes), axis=1)
+            if ok.any():
+                free[np.flatnonzero(ok)[0]] = False
+                n += 1
+        return n
+
+    def agrees_with(self, other: "Detections", rtol: float, atol: float, tolerance: float = 0.1) -> bool:
+        """The same boxes as ``other`` up to rounding: the counts differ, and boxes go unmatched, by at most
+        ``max(2, tolerance * len(other))`` (boxes whose scores sit at the threshold, near-ties under fp16); a
+        broken model matches next to none."""
+        slack = max(2, int(tolerance * len(other)))
+        return (abs(len(self) - len(other)) <= slack
+                and self.count_matched(other, rtol, atol) >= len(other) - slack)
+
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> cuda if available else cpu; ``cuda``/``cuda:N`` must exist (:class:`DetectorError`)."""
@@ -126,15 +147,16 @@ def compiled_part_names(device: torch.device | str) -> tuple[str, ...]:
 BACKENDS = ("eager", "compiled")
 
 
-def compile_parts(parts: dict[str, torch.nn.Module]) -> dict[str, torch.nn.Module]:
+def compile_parts(parts: dict[str, torch.nn.Module], mode: str | None = None) -> dict[str, torch.nn.Module]:
     """``torch.compile`` (inductor, static shapes) of the student's convolutional parts for inference. Freezing is
     on (process-wide): the weights become constants the compiler folds and pre-packs for its convolutions (on a
     CPU the compiled parts are ~1.4x faster with it, slower without). The LSS pooling stays eager: its cached
-    sparse index is Python, and under compilation it would fall back to the slower static pooling."""
+    sparse index is Python, and under compilation it would fall back to the slower static pooling. ``mode``:
+    ``torch.compile``'s mode (None: the default; ``bench_model`` also times ``reduce-overhead``, CUDA graphs)."""
     import torch._inductor.config as inductor_config
 
     inductor_config.freezing = True
-    return {name: torch.compile(m, dynamic=False) for name, m in parts.items()}
+    return {name: torch.compile(m, dynamic=False, mode=mode) for name, m in parts.items()}
 
 
 class Detector:
@@ -230,7 +252,10 @@ class Detector:
             except Exception as exc:  # noqa: BLE001 - inductor needs a C++ compiler (CPU) or triton (CUDA)
                 raise DetectorError(f"backend 'compiled': torch.compile failed ({type(exc).__name__}: "
                                     f"{str(exc)[:300]}); use backend eager") from exc
-            if len(got) != len(ref) or not np.allclose(got.boxes, ref.boxes, atol=1e-2, rtol=1e-3):
+            # fp16: the fused kernels round differently from eager's, and on the warm-up's blank images many
+            # scores are near-ties, so boxes are matched (measured on an H200) rather than compared in order
+            atol = 2e-2 if self.precision == "fp16" else 1e-2
+            if not got.agrees_with(ref, rtol=1e-3, atol=atol):
                 raise DetectorError("backend 'compiled': the compiled model's boxes differ from eager's on the "
                                     "warm-up inputs; use backend eager")
             self._compiled_cameras = num_cameras

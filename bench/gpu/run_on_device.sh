@@ -10,7 +10,9 @@
 # Steps (each logged to $OUT/<step>.log, its tail printed; a failing step does not stop the next):
 #   pytest       the CUDA tests (Detector's no-host-sync set path, fp16 against fp32) and the staging tests
 #   bench_model  bench/bench_model.py --gpu-only: gpu_forward_ms_p50 for r18 and r50, fp32 and fp16
+#   bench_model_compiled  the same with --gpu-compile: also fp16 through backend compiled, and with CUDA graphs
 #   node_*       bench/bench_node.py --device cuda: the live node on the GPU, six 1600x900 cameras at 12 Hz
+#                (node_r50_fp16_compiled: with backend compiled)
 # bench/results/model.json and node.json come back in $OUT; copy them into bench/results/ here.
 set -u
 OUT=${OUT:-/tmp/device_out}
@@ -41,9 +43,13 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_dev
 STEPS=${STEPS:-pytest bench_model node_r50_fp16 node_r18_fp16 node_r50_fp32}
 for s in $STEPS; do
   case $s in
-    pytest) TAIL=15 step pytest 120 $PY -m pytest -q -p no:cacheprovider -o addopts= test/test_node_inference.py \
-              test/test_node_staging.py test/test_temporal_buffer.py test/test_reception_gate.py ;;
+    pytest) TAIL=15 step pytest 240 $PY -m pytest -q -p no:cacheprovider -o addopts= test/test_node_inference.py \
+              test/test_node_staging.py test/test_temporal_buffer.py test/test_reception_gate.py \
+              test/test_compiled_backend.py ;;
     bench_model) step bench_model 150 $PY bench/bench_model.py --gpu-only ;;
+    bench_model_compiled) step bench_model_compiled 330 $PY bench/bench_model.py --gpu-only --gpu-compile ;;
+    node_r50_fp16_compiled) step node_r50_fp16_compiled 240 $PY bench/bench_node.py --device cuda --model r50_256x704 \
+              --precision fp16 --backend compiled --duration 30 ;;
     node_r50_fp16) step node_r50_fp16 120 $PY bench/bench_node.py --device cuda --model r50_256x704 --precision fp16 --duration 30 ;;
     node_r18_fp16) step node_r18_fp16 100 $PY bench/bench_node.py --device cuda --model r18_128x352_cpu --precision fp16 --duration 25 ;;
     node_r50_fp32) step node_r50_fp32 100 $PY bench/bench_node.py --device cuda --model r50_256x704 --precision fp32 --duration 25 ;;
