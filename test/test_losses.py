@@ -288,3 +288,35 @@ def test_unidistill_iou_channel_hand_case():
     assert float(loss.detach()) == pytest.approx(abs(0 - 2 * (iou - 0.5)) / (1 + 1e-4), rel=1e-5)
     (g,) = torch.autograd.grad(loss, iou_map)
     assert float(g.abs().sum()) == pytest.approx(1 / (1 + 1e-4), rel=1e-5) and float(g[0, 0, 8, 8]) != 0
+
+
+def test_a_teacher_without_velocity_would_cancel_the_students_velocity_loss():
+    """The CPU teacher has not learned velocity (it predicts ~0 m/s at the GT centres of every class but car), and
+    the response term is an L1 towards the teacher with the GT term's weight: between the teacher's 0 and the GT
+    velocity the two gradients cancel (to the normalisers' 1e-4), so the student's velocity never leaves 0. The
+    temporal CPU config therefore leaves the velocity out of the response (``response_code_weights`` 0 for vx, vy):
+    the GT gradient is kept."""
+    from pathlib import Path
+
+    from labeldistill_training.config import load_train_config
+
+    tg = _targets_one_peak()
+    tg[0].box[0, 0, 8:10] = torch.tensor([6.0, -3.0])  # a moving car
+    s = _heads(requires_grad=True)
+    with torch.no_grad():
+        s["vel"][0, :, 4, 4] = torch.tensor([2.0, -1.0])  # the student, between the teacher (0) and the GT
+    teacher = _heads(fill=0.0)
+    def gt_loss():
+        return CenterPointLoss()([s], tg)[0]
+
+    g_gt = torch.autograd.grad(gt_loss(), s["vel"])[0][0, :, 4, 4]
+    assert g_gt.tolist() == pytest.approx([-0.25, 0.25], rel=1e-3)  # towards the GT (normaliser #objects + 1e-4)
+    g_ref = torch.autograd.grad(gt_loss() + labeldistill.response_loss([s], [teacher], tg), s["vel"])[0][0, :, 4, 4]
+    # the reference's all-ones weights: what is left of the velocity's gradient is the normalisers' 1e-4
+    assert g_ref.abs().max() < 2e-4 * g_gt.abs().max()
+    path = Path(__file__).resolve().parents[1] / "config" / "train" / "cpu_small_2key.yaml"
+    cw = load_train_config(str(path)).distill.labeldistill.response_code_weights
+    assert tuple(cw) == (1.0,) * 8 + (0.0, 0.0)
+    kd = labeldistill.response_loss([s], [teacher], tg, code_weights=cw)
+    g_cpu = torch.autograd.grad(gt_loss() + kd, s["vel"])[0][0, :, 4, 4]
+    assert torch.equal(g_cpu, g_gt)
