@@ -101,3 +101,25 @@ def test_merge_keeps_every_seed_not_retrained(tmp_path):
     assert [r["seed"] for r in kept["none"]] == [0, 1]  # seed 2 is new: nothing of it to drop
     assert [r["seed"] for r in kept["cmkd"]] == [0]  # seed 1 is retrained: its old record goes
     assert bench_distill.merged_runs(tmp_path / "missing.json", set()) == {}
+
+
+def test_velocity_probe_statistics_hand_values():
+    """bench/bench_velocity_probe.py's figures: a head at half the target (slope 0.5), one that has learned nothing
+    (0), and one with the direction reversed."""
+    import numpy as np
+
+    import bench_velocity_probe as probe
+
+    target = np.array([[6.0, 0.0], [0.0, -3.0], [0.0, 0.0], [0.5, 0.0]])  # two moving (> 1 m/s), two not
+    half = probe.velocity_stats(0.5 * target, target)
+    assert half["objects"] == 4 and half["moving"] == 2
+    assert half["slope"] == pytest.approx(0.5)
+    assert half["moving_along"] == pytest.approx((3.0 + 1.5) / 2) and half["moving_positive_share"] == 1.0
+    assert half["speed_gt"] == pytest.approx((6 + 3 + 0 + 0.5) / 4)
+    assert half["err"] == pytest.approx(half["speed_gt"] / 2) and half["err0"] == pytest.approx(half["speed_gt"])
+    zero = probe.velocity_stats(np.zeros_like(target), target)
+    assert zero["slope"] == 0.0 and zero["moving_along"] == 0.0 and zero["err"] == pytest.approx(zero["err0"])
+    reversed_ = probe.velocity_stats(-target, target)
+    assert reversed_["slope"] == pytest.approx(-1.0) and reversed_["moving_positive_share"] == 0.0
+    static = probe.velocity_stats(np.ones((2, 2)), np.zeros((2, 2)))
+    assert static["slope"] is None and static["moving"] == 0 and "moving_along" not in static
