@@ -147,7 +147,7 @@ def main(argv=None) -> int:
         model.eval()
         config = args.config_2key if model.cfg.temporal.num_prev_frames else args.config
         _, ds = dataset_for(config, model.cfg, points=False)
-        results["models"][name] = probe(lambda b: model(**student_inputs(b)).head_outputs, ds,
+        results["models"][name] = probe(lambda b, m=model: m(**student_inputs(b)).head_outputs, ds,
                                         CenterPointTargetAssigner(model.cfg.bev_grid, task_class_ids(model.cfg)),
                                         model.cfg.head.task_groups, args.samples)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
