@@ -14,7 +14,7 @@ frame, m/s):
 
 Why it exists (2026-12-04): LabelDistill's response term is an L1 from the student's regression to the teacher's,
 with the same weight as the GT L1. Where the teacher predicts ~0 velocity, the two gradients on the student's
-velocity cancel exactly anywhere between 0 and the target, so the student's velocity cannot leave 0
+velocity cancel anywhere between 0 and the target, so the student's velocity cannot leave 0
 (test_losses.py). This probe measured the demo's teacher at ~0 for every class but car; the temporal CPU config
 (``cpu_small_2key.yaml``) now leaves velocity out of the response (``distill.labeldistill.response_code_weights``).
 
@@ -118,13 +118,12 @@ def main(argv=None) -> int:
         return 2
     torch.set_grad_enabled(False)
 
-    def dataset_for(config: str, model_cfg, points: bool):
-        cfg = load_train_config(config)
+    def dataset_for(cfg, model_cfg, points: bool) -> NuScenesDataset:
         if args.dataroot:
             cfg = dataclasses.replace(cfg, data=cfg.data.replace(dataroot=args.dataroot))
         dc = data_config_for_stage(cfg, model_cfg, "student").replace(load_points=points)
         dc = dc.replace(depth=dataclasses.replace(dc.depth, enabled=False))
-        return cfg, NuScenesDataset.from_config(dc, args.split, training=False)
+        return NuScenesDataset.from_config(dc, args.split, training=False)
 
     results = {"command": shlex.join(["python", "bench/bench_velocity_probe.py", *(argv or sys.argv[1:])]),
                "split": args.split, "samples": args.samples, "moving_threshold_mps": MOVING_MPS,
@@ -134,7 +133,7 @@ def main(argv=None) -> int:
         model_cfg = load_model_config(str(resolve_path(cfg, cfg.model_config)))
         cfg.stages.student.teacher_checkpoint = str(Path(args.teacher).resolve())
         teacher = load_frozen(cfg, "student", "teacher", build_teacher(cfg, model_cfg))
-        _, ds = dataset_for(args.config, model_cfg, points=True)
+        ds = dataset_for(cfg, model_cfg, points=True)
         results["models"]["teacher"] = probe(lambda b: teacher(padded_points(b))["head_outputs"], ds,
                                              CenterPointTargetAssigner(model_cfg.bev_grid, task_class_ids(model_cfg)),
                                              model_cfg.head.task_groups, args.samples)
@@ -146,7 +145,7 @@ def main(argv=None) -> int:
         model = load_checkpoint(path)
         model.eval()
         config = args.config_2key if model.cfg.temporal.num_prev_frames else args.config
-        _, ds = dataset_for(config, model.cfg, points=False)
+        ds = dataset_for(load_train_config(config), model.cfg, points=False)
         results["models"][name] = probe(lambda b, m=model: m(**student_inputs(b)).head_outputs, ds,
                                         CenterPointTargetAssigner(model.cfg.bev_grid, task_class_ids(model.cfg)),
                                         model.cfg.head.task_groups, args.samples)
